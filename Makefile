@@ -1,0 +1,65 @@
+# stt-pipeline — every target installs what it needs; `make demo` and `make test` work on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+KAFKA_PORT ?= 9092
+EMULATOR_PORT ?= 8080
+export KAFKA_PORT EMULATOR_PORT
+
+.PHONY: setup test test-fast lint kafka-up kafka-down kafka-status emulator demo bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[asr,analytics,dev]'
+	touch $@
+
+.cache/setup.done: $(VENV)/.installed infra/install-espeak.sh infra/kafka/pom.xml
+	bash infra/install-espeak.sh
+	bash infra/kafka/kafka.sh fetch
+	mkdir -p .cache && touch $@
+
+## setup: virtualenv, Python deps (pinned), espeak-ng, Kafka broker jars from Maven Central
+setup: .cache/setup.done
+
+## test: the whole suite (starts its own Kafka broker and STT emulators)
+test: setup lint
+	$(BIN)/pytest -q
+
+## test-fast: unit tests only (no broker, no sockets)
+test-fast: setup
+	$(BIN)/pytest -q tests/unit
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check pipeline tests bench infra
+	$(BIN)/mypy --strict pipeline
+
+## kafka-up / kafka-down: a local single-node KRaft broker on 127.0.0.1:$(KAFKA_PORT) (data in .cache/kafka-data)
+kafka-up: setup
+	bash infra/kafka/kafka.sh up
+
+kafka-down:
+	bash infra/kafka/kafka.sh down
+
+kafka-status:
+	bash infra/kafka/kafka.sh status
+
+## emulator: the Cartesia-compatible STT emulator on 127.0.0.1:$(EMULATOR_PORT) (ENGINE=tones|whisper)
+ENGINE ?= tones
+emulator: setup
+	$(BIN)/stt-pipeline emulator --port $(EMULATOR_PORT) --engine $(ENGINE)
+
+## demo: Kafka + STT emulator (whisper engine) + worker; three real-speech sessions streamed live
+demo: setup
+	bash infra/demo.sh
+
+## bench: worker benchmark (figures as ratios against a baseline measured in the same run)
+bench: setup
+	$(BIN)/python bench/worker_bench.py
+
+clean:
+	-bash infra/kafka/kafka.sh down
+	rm -rf .cache/kafka-data

@@ -1,0 +1,1 @@
+"""A local server that speaks Cartesia's realtime STT protocol, with pluggable recognition engines."""

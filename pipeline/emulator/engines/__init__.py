@@ -1,0 +1,1 @@
+"""Recognition engines for the emulator: `tones` (deterministic codec) and `whisper` (real offline ASR)."""

@@ -1,0 +1,341 @@
+"""The emulator's protocol core: one WebSocket connection as a pure state machine (no I/O).
+
+The server edge feeds it what the client sent (binary audio, text frames) and sends back what it
+returns: JSON-able event dicts, and at most one :class:`Close` directive as the last item.
+
+Turn detection (auto endpoint). Cartesia compares one model score against three thresholds. The
+emulator's "model" is deterministic: during speech the score is 1; over silence it decays as
+``exp(-silence_ms / tau_ms)``. So a threshold ``h`` is crossed after ``-tau_ms * ln(h)`` ms of silence:
+with the defaults (tau 500 ms) `turn.eager_end` comes after ~458 ms of silence (threshold 0.4) and
+`turn.end` after ~805 ms (threshold 0.2), capped by ``turn_end_timeout_ms``. Speech that resumes
+after an eager end gives `turn.resume`. Silence is measured in *audio* time, so a client that stops
+sending audio never sees a turn end: the server waits, as Cartesia's does.
+
+Manual endpoint. Text since the last final is pending; an interim `transcript` (``is_final: false``)
+is sent at each word boundary; ``finalize`` makes it final (even mid-word: "Insert" now, "ing" later)
+and is acknowledged with `flush_done` *after* that final; silence longer than
+``max_silence_duration_secs`` (default 1.5 s) auto-finalizes; ``close`` (or the older ``done``)
+finalizes, sends `done`, then closes with 1000.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from pipeline.audio import bytes_per_sample, decode
+from pipeline.emulator.engines.base import EngineEvent, Recognizer, SpeechEnd, SpeechStart, Text
+from pipeline.emulator.params import ConnectionParams, ParamError, TurnSettings, turn_settings_update
+
+DEFAULT_TAU_MS = 500.0
+DEFAULT_MANUAL_AUTO_FINALIZE_S = 1.5
+
+CLOSE_NORMAL = 1000
+CLOSE_POLICY = 1008  # the client broke the protocol (4xx-class error)
+CLOSE_INTERNAL = 1011  # the server failed (5xx-class error)
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close the socket with this code after sending everything before it."""
+
+    code: int
+    reason: str = ""
+
+
+Outgoing = dict[str, Any] | Close
+
+
+def error_event(
+    status_code: int, title: str, message: str, error_code: str | None, request_id: str | None
+) -> dict[str, Any]:
+    """A Cartesia-shaped `error` event."""
+    event: dict[str, Any] = {"type": "error", "status_code": status_code, "title": title, "message": message}
+    if error_code is not None:
+        event["error_code"] = error_code
+    if request_id is not None:
+        event["request_id"] = request_id
+    return event
+
+
+def error_from(exc: ParamError, request_id: str | None) -> dict[str, Any]:
+    return error_event(exc.status_code, exc.title, exc.message, exc.error_code, request_id)
+
+
+def silence_for_threshold(threshold: float, tau_ms: float) -> float:
+    """Silence (ms) after which the decaying turn score falls below ``threshold``."""
+    return -tau_ms * math.log(threshold)
+
+
+class _Core:
+    """What both endpoints share: audio decoding with carry-over, the audio clock, engine dispatch."""
+
+    def __init__(self, params: ConnectionParams, recognizer: Recognizer, request_id: str) -> None:
+        self.params = params
+        self.request_id = request_id
+        self._recognizer = recognizer
+        self._sample_bytes = bytes_per_sample(params.encoding)
+        self._carry = b""
+        self._samples = 0
+        self._in_speech = False
+        self._silence_from = 0.0
+        self.closed = False
+
+    @property
+    def audio_ms(self) -> float:
+        """Audio received so far, in ms of the declared rate."""
+        return self._samples * 1000.0 / self.params.sample_rate
+
+    def opening(self) -> list[Outgoing]:
+        return []
+
+    def audio(self, data: bytes) -> list[Outgoing]:
+        """Consume one binary frame; a trailing partial sample is kept for the next frame."""
+        if self.closed:
+            return []
+        data = self._carry + data
+        whole = len(data) - len(data) % self._sample_bytes
+        self._carry = data[whole:]
+        if not whole:
+            return []
+        samples = decode(data[:whole], self.params.encoding)
+        self._samples += len(samples)
+        out: list[Outgoing] = []
+        self._dispatch(self._recognizer.feed(samples), out)
+        self._advance(self.audio_ms, out)
+        return out
+
+    def _dispatch(self, events: list[EngineEvent], out: list[Outgoing]) -> None:
+        for event in events:
+            self._advance(event.at_ms, out)
+            if isinstance(event, SpeechStart):
+                self._in_speech = True
+                self._speech_started(out)
+            elif isinstance(event, SpeechEnd):
+                self._in_speech = False
+                self._silence_from = event.at_ms
+            elif isinstance(event, Text):
+                self._text(event.text)
+            self._settle(out)
+
+    def _advance(self, now_ms: float, out: list[Outgoing]) -> None:
+        """Audio time has reached ``now_ms``: act on the silence so far."""
+
+    def _speech_started(self, out: list[Outgoing]) -> None:
+        """Voice activity began."""
+
+    def _text(self, text: str) -> None:
+        """Recognized text arrived."""
+
+    def _settle(self, out: list[Outgoing]) -> None:
+        """After each engine event: publish visible changes."""
+
+    def _json(self, event: dict[str, Any]) -> dict[str, Any]:
+        event["request_id"] = self.request_id
+        return event
+
+
+class AutoSession(_Core):
+    """`/stt/turns/websocket`: server-side turn detection."""
+
+    def __init__(
+        self, params: ConnectionParams, recognizer: Recognizer, request_id: str, *, tau_ms: float = DEFAULT_TAU_MS
+    ) -> None:
+        super().__init__(params, recognizer, request_id)
+        self._tau_ms = tau_ms
+        self._state = "idle"  # idle | speaking | eager
+        self._turn_text = ""
+        self._shown = ""
+        self._set_turn(params.turn)
+
+    def _set_turn(self, turn: TurnSettings) -> None:
+        self.turn_settings = turn
+        self.eager_silence_ms = silence_for_threshold(turn.eager_end_threshold, self._tau_ms)
+        self.end_silence_ms = min(silence_for_threshold(turn.end_threshold, self._tau_ms), turn.end_timeout_ms)
+
+    def opening(self) -> list[Outgoing]:
+        return [self._json({"type": "connected"})]
+
+    def text(self, message: str) -> list[Outgoing]:
+        """A text frame: a JSON command (`close` or `config`)."""
+        if self.closed:
+            return []
+        try:
+            command = orjson.loads(message)
+        except orjson.JSONDecodeError:
+            command = None
+        kind = command.get("type") if isinstance(command, dict) else None
+        if kind == "close":
+            return self.finish()
+        if kind == "config":
+            turn = command.get("turn", {})
+            try:
+                if not isinstance(turn, dict):
+                    raise ParamError("Invalid config", "`turn` must be an object.", "invalid_turn_config")
+                self._set_turn(turn_settings_update(self.turn_settings, turn))
+            except ParamError as exc:
+                return [error_from(exc, self.request_id)]
+            return []
+        return [
+            error_event(
+                400,
+                "Invalid message",
+                'Text messages must be JSON commands: {"type":"close"} or {"type":"config",...}.',
+                "invalid_message",
+                self.request_id,
+            )
+        ]
+
+    def finish(self) -> list[Outgoing]:
+        """The client sent close: recognize everything buffered, end the open turn, close 1000."""
+        if self.closed:
+            return []
+        out: list[Outgoing] = []
+        self._dispatch(self._recognizer.flush(), out)
+        if self._state != "idle":
+            self._end_turn(out)
+        self.closed = True
+        out.append(Close(CLOSE_NORMAL))
+        return out
+
+    def _speech_started(self, out: list[Outgoing]) -> None:
+        if self._state == "idle":
+            self._state = "speaking"
+            self._turn_text = self._shown = ""
+            out.append(self._json({"type": "turn.start"}))
+        elif self._state == "eager":
+            self._state = "speaking"
+            out.append(self._json({"type": "turn.resume"}))
+
+    def _text(self, text: str) -> None:
+        self._turn_text += text
+
+    def _settle(self, out: list[Outgoing]) -> None:
+        if self._state != "idle" and not self._in_speech and self._turn_text != self._shown:
+            self._shown = self._turn_text
+            out.append(self._json({"type": "turn.update", "transcript": self._turn_text}))
+
+    def _advance(self, now_ms: float, out: list[Outgoing]) -> None:
+        if self._in_speech or self._state == "idle":
+            return
+        silence = now_ms - self._silence_from
+        if self._state == "speaking" and self._turn_text and silence >= self.eager_silence_ms:
+            self._state = "eager"
+            out.append(self._json({"type": "turn.eager_end", "transcript": self._turn_text}))
+        if silence >= self.end_silence_ms:
+            self._end_turn(out)
+
+    def _end_turn(self, out: list[Outgoing]) -> None:
+        self._settle(out)
+        out.append(self._json({"type": "turn.end", "transcript": self._turn_text}))
+        self._state = "idle"
+        self._turn_text = self._shown = ""
+
+
+class ManualSession(_Core):
+    """`/stt/websocket`: client-driven finalization; `is_final` deltas."""
+
+    def __init__(self, params: ConnectionParams, recognizer: Recognizer, request_id: str) -> None:
+        super().__init__(params, recognizer, request_id)
+        self._pending = ""
+        self._shown = ""
+        self._final_from_ms = 0.0
+        seconds = params.max_silence_duration_secs or DEFAULT_MANUAL_AUTO_FINALIZE_S
+        self.auto_finalize_ms = seconds * 1000.0
+
+    def text(self, message: str) -> list[Outgoing]:
+        """A text frame: the plain-text commands `finalize`, `close` (or the older `done`)."""
+        if self.closed:
+            return []
+        command = message.strip()
+        if command == "finalize":
+            out: list[Outgoing] = []
+            self._dispatch(self._recognizer.flush(), out)
+            self._finalize(out)
+            out.append(self._json({"type": "flush_done"}))
+            return out
+        if command in ("close", "done"):
+            return self.finish()
+        return [
+            error_event(
+                400,
+                "Invalid message",
+                "Text messages must be one of the plain-text commands `finalize` or `close`.",
+                "invalid_message",
+                self.request_id,
+            )
+        ]
+
+    def finish(self) -> list[Outgoing]:
+        if self.closed:
+            return []
+        out: list[Outgoing] = []
+        self._dispatch(self._recognizer.flush(), out)
+        self._finalize(out)
+        out.append(self._json({"type": "done"}))
+        out.append(Close(CLOSE_NORMAL))
+        self.closed = True
+        return out
+
+    def _text(self, text: str) -> None:
+        self._pending += text
+
+    def _settle(self, out: list[Outgoing]) -> None:
+        if not self._in_speech and self._pending and self._pending != self._shown:
+            self._shown = self._pending
+            out.append(self._transcript(self._pending, is_final=False))
+
+    def _advance(self, now_ms: float, out: list[Outgoing]) -> None:
+        if not self._in_speech and self._pending and now_ms - self._silence_from >= self.auto_finalize_ms:
+            self._finalize(out)
+
+    def _finalize(self, out: list[Outgoing]) -> None:
+        if self._pending:
+            out.append(self._transcript(self._pending, is_final=True))
+        self._pending = self._shown = ""
+        self._final_from_ms = self.audio_ms
+
+    def _transcript(self, text: str, *, is_final: bool) -> dict[str, Any]:
+        return self._json(
+            {
+                "type": "transcript",
+                "is_final": is_final,
+                "text": text,
+                "duration": round((self.audio_ms - self._final_from_ms) / 1000.0, 3),
+                "language": self.params.language,
+            }
+        )
+
+
+Session = AutoSession | ManualSession
+
+
+class RateGuard:
+    """Detects audio sent faster than realtime beyond a budget, as Cartesia's servers do.
+
+    The client may be at most ``budget_ms`` of audio ahead of the wall clock since its first audio.
+    """
+
+    def __init__(self, budget_ms: float) -> None:
+        self.budget_ms = budget_ms
+        self._t0: float | None = None
+        self._audio_ms = 0.0
+        self.max_lead_ms = 0.0
+
+    def add(self, audio_ms: float, now: float) -> bool:
+        """Record ``audio_ms`` arriving at ``now`` (seconds); True if the client is over budget."""
+        if self._t0 is None:
+            self._t0 = now
+        self._audio_ms += audio_ms
+        lead = self._audio_ms - (now - self._t0) * 1000.0
+        self.max_lead_ms = max(self.max_lead_ms, lead)
+        return lead > self.budget_ms
+
+    def realtime_ratio(self, now: float) -> float:
+        """Audio seconds received per wall-clock second since the first audio."""
+        if self._t0 is None or now <= self._t0:
+            return 0.0
+        return self._audio_ms / ((now - self._t0) * 1000.0)

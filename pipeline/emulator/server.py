@@ -1,0 +1,355 @@
+"""The emulator's network edge: a `websockets` server that speaks Cartesia's realtime STT protocol.
+
+Routing, authentication, the concurrency limit, the idle timeout, the realtime budget, fault
+injection and per-session metrics live here; everything the protocol *says* is decided by the pure
+core in :mod:`pipeline.emulator.protocol`.
+
+Choices where Cartesia's docs are silent (tested in ``tests/integration/test_emulator_*.py``):
+
+- 401 (missing/wrong key) and 429 ``concurrency_limited`` refuse the HTTP upgrade itself, with a
+  Cartesia-shaped JSON error body. Invalid parameters (400) are accepted at the HTTP level, then get an
+  ``error`` event and close code 1008, as the docs' examples show an error *event* for a bad model.
+- Audio more than ``overload_budget_ms`` (default 2000) ahead of the wall clock since the first audio:
+  ``error`` 500 ``audio_overrun``, then close 1011.
+- No frame at all for ``idle_timeout_s`` (default 20): ``error`` 408 ``idle_timeout``, then close 1008.
+- Clean ends close with 1000.
+
+HTTP extras: ``GET /_emulator/health`` and ``GET /_emulator/stats`` (per-session metrics as JSON).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from pipeline.audio import duration_ms
+from pipeline.emulator.engines.base import Engine
+from pipeline.emulator.faults import ConnectionFaults, FaultPlan
+from pipeline.emulator.params import PATHS, ConnectionParams, Endpoint, ParamError, parse_params
+from pipeline.emulator.protocol import (
+    CLOSE_INTERNAL,
+    CLOSE_POLICY,
+    DEFAULT_TAU_MS,
+    AutoSession,
+    Close,
+    ManualSession,
+    Outgoing,
+    RateGuard,
+    Session,
+    error_event,
+    error_from,
+)
+
+log = logging.getLogger("pipeline.emulator")
+
+
+@dataclass(frozen=True, slots=True)
+class EmulatorConfig:
+    host: str = "127.0.0.1"
+    port: int = 0
+    api_keys: tuple[str, ...] = ()
+    max_sessions: int | None = None
+    idle_timeout_s: float = 20.0
+    overload_budget_ms: float = 2000.0
+    tau_ms: float = DEFAULT_TAU_MS
+
+
+@dataclass(slots=True)
+class SessionStats:
+    """What the emulator saw of one connection."""
+
+    request_id: str
+    endpoint: Endpoint
+    encoding: str
+    sample_rate: int
+    opened_at: float
+    closed_at: float | None = None
+    audio_ms: float = 0.0
+    max_lead_ms: float = 0.0
+    realtime_ratio: float = 0.0
+    engine_cpu_s: float = 0.0
+    events_sent: int = 0
+    overloaded: bool = False
+    errors: list[str] = field(default_factory=list)
+    close_code: int | None = None
+    fault: str | None = None
+
+
+def _json_response(status: HTTPStatus, body: dict[str, Any]) -> Response:
+    data = orjson.dumps(body)
+    headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+    return Response(status.value, status.phrase, headers, data)
+
+
+class Emulator:
+    """A running (or startable) emulator; use as ``async with Emulator(engine, config) as emu:``."""
+
+    def __init__(self, engine: Engine, config: EmulatorConfig | None = None) -> None:
+        self.engine = engine
+        self.config = config or EmulatorConfig()
+        self.faults = FaultPlan()
+        self.sessions: list[SessionStats] = []
+        self._reserved = 0
+        self._server: Server | None = None
+        self._ordinal = itertools.count(1)
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("emulator not started")
+        port: int = next(iter(self._server.sockets)).getsockname()[1]
+        return port
+
+    @property
+    def base_url(self) -> str:
+        """What a client (or the Cartesia SDK's ``base_url``) should use."""
+        return f"http://{self.config.host}:{self.port}"
+
+    @property
+    def active(self) -> int:
+        return self._reserved
+
+    async def start(self) -> None:
+        self._server = await serve(
+            self._handle,
+            self.config.host,
+            self.config.port,
+            process_request=self._process_request,
+            max_size=2**22,
+            ping_interval=None,
+        )
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def __aenter__(self) -> Emulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "engine": self.engine.name,
+            "active": self._reserved,
+            "overloads": sum(s.overloaded for s in self.sessions),
+            "sessions": [asdict(s) for s in self.sessions],
+        }
+
+    # -- HTTP -------------------------------------------------------------------------------------
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        url = urlsplit(request.path)
+        if url.path == "/_emulator/health":
+            return _json_response(HTTPStatus.OK, {"status": "ok", "engine": self.engine.name})
+        if url.path == "/_emulator/stats":
+            return _json_response(HTTPStatus.OK, self.stats())
+        if url.path not in PATHS:
+            return _json_response(
+                HTTPStatus.NOT_FOUND,
+                error_event(404, "Not found", f"No endpoint at {url.path}.", "not_found", None),
+            )
+        refusal = self._authenticate(request, parse_qs(url.query))
+        if refusal is not None:
+            return refusal
+        if self.config.max_sessions is not None and self._reserved >= self.config.max_sessions:
+            return _json_response(
+                HTTPStatus.TOO_MANY_REQUESTS,
+                error_event(
+                    429,
+                    "Concurrency limit reached",
+                    f"At most {self.config.max_sessions} concurrent STT streams are allowed.",
+                    "concurrency_limited",
+                    None,
+                ),
+            )
+        self._reserved += 1
+        asyncio.get_running_loop().create_task(self._release_when_closed(connection))
+        return None
+
+    async def _release_when_closed(self, connection: ServerConnection) -> None:
+        with contextlib.suppress(Exception):
+            await connection.wait_closed()
+        self._reserved -= 1
+
+    def _authenticate(self, request: Request, query: dict[str, list[str]]) -> Response | None:
+        if not self.config.api_keys:
+            return None
+        key = request.headers.get("X-API-Key")
+        auth = request.headers.get("Authorization", "")
+        if key is None and auth.lower().startswith("bearer "):
+            key = auth[7:].strip()
+        if key is None and query.get("access_token"):
+            key = query["access_token"][-1]
+        if key in self.config.api_keys:
+            return None
+        message = "Missing API key." if key is None else "Invalid API key."
+        return _json_response(
+            HTTPStatus.UNAUTHORIZED, error_event(401, "Unauthorized", message, "unauthorized", None)
+        )
+
+    # -- WebSocket --------------------------------------------------------------------------------
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        request = ws.request
+        assert request is not None
+        url = urlsplit(request.path)
+        endpoint = PATHS[url.path]
+        request_id = str(uuid.uuid4())
+        headers = {k.lower(): v for k, v in request.headers.raw_items()}
+        try:
+            params = parse_params(endpoint, parse_qs(url.query), headers)
+        except ParamError as exc:
+            await ws.send(orjson.dumps(error_from(exc, request_id)).decode())
+            await ws.close(CLOSE_POLICY, exc.error_code)
+            return
+        faults = self.faults.assign(endpoint)
+        stats = SessionStats(request_id, endpoint, params.encoding, params.sample_rate, time.time())
+        self.sessions.append(stats)
+        await _Connection(self, ws, params, request_id, faults, stats).run()
+
+
+class _Connection:
+    """One accepted socket: reads frames, drives the protocol core, sends what it says."""
+
+    def __init__(
+        self,
+        emulator: Emulator,
+        ws: ServerConnection,
+        params: ConnectionParams,
+        request_id: str,
+        faults: ConnectionFaults,
+        stats: SessionStats,
+    ) -> None:
+        self.ws = ws
+        self.params = params
+        self.faults = faults
+        self.stats = stats
+        self.config = emulator.config
+        recognizer = emulator.engine.recognizer(params.sample_rate)
+        self.core: Session = (
+            AutoSession(params, recognizer, request_id, tau_ms=emulator.config.tau_ms)
+            if params.endpoint == "auto"
+            else ManualSession(params, recognizer, request_id)
+        )
+        self.heavy = bool(getattr(emulator.engine, "cpu_heavy", False))
+        self.guard = RateGuard(emulator.config.overload_budget_ms)
+        self.outbox: asyncio.Queue[tuple[float, Outgoing]] = asyncio.Queue()
+
+    def _emit(self, items: list[Outgoing]) -> None:
+        due = time.monotonic() + self.faults.delay_ms / 1000.0
+        for item in items:
+            self.outbox.put_nowait((due, item))
+
+    def _fail(self, status: int, title: str, message: str, code: str) -> None:
+        self.stats.errors.append(code)
+        close = CLOSE_INTERNAL if status >= 500 else CLOSE_POLICY
+        self._emit([error_event(status, title, message, code, self.core.request_id), Close(close, code)])
+        self.core.closed = True
+
+    async def _recognize(self, data: bytes) -> list[Outgoing]:
+        def run() -> tuple[list[Outgoing], float]:
+            started = time.thread_time()
+            out = self.core.audio(data)
+            return out, time.thread_time() - started
+
+        out, cpu = await asyncio.to_thread(run) if self.heavy else run()
+        self.stats.engine_cpu_s += cpu
+        return out
+
+    async def run(self) -> None:
+        sender = asyncio.create_task(self._send_loop())
+        self._emit(self.core.opening())
+        try:
+            await self._read_loop()
+        except ConnectionClosed:
+            pass
+        finally:
+            if not sender.done():
+                if not self.core.closed or self.stats.fault == "drop":
+                    sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                    await sender
+            self.stats.closed_at = time.time()
+            if self.stats.close_code is None:
+                self.stats.close_code = self.ws.close_code
+
+    async def _read_loop(self) -> None:
+        while not self.core.closed:
+            try:
+                async with asyncio.timeout(self.config.idle_timeout_s):
+                    message = await self.ws.recv()
+            except TimeoutError:
+                self._fail(
+                    408,
+                    "Idle timeout",
+                    f"No audio or command received for {self.config.idle_timeout_s:g} s.",
+                    "idle_timeout",
+                )
+                return
+            if isinstance(message, str):
+                self._emit(self.core.text(message))
+                continue
+            chunk_ms = duration_ms(len(message), self.params.encoding, self.params.sample_rate)
+            now = time.monotonic()
+            over = self.guard.add(chunk_ms, now)
+            self._emit(await self._recognize(message))
+            self.stats.audio_ms = self.core.audio_ms
+            self.stats.max_lead_ms = self.guard.max_lead_ms
+            self.stats.realtime_ratio = self.guard.realtime_ratio(now)
+            if over:
+                self.stats.overloaded = True
+                self._fail(
+                    500,
+                    "Internal server error",
+                    f"Audio arrived {self.guard.max_lead_ms:.0f} ms ahead of realtime (budget "
+                    f"{self.config.overload_budget_ms:.0f} ms). Stream 50-200 ms chunks paced at realtime.",
+                    "audio_overrun",
+                )
+                return
+            fault = self.faults.due(self.core.audio_ms)
+            if fault == "drop":
+                self.stats.fault = "drop"
+                self.stats.close_code = 1006
+                self.core.closed = True
+                self.ws.transport.abort()
+                return
+            if fault == "error":
+                self.stats.fault = "error"
+                self._fail(
+                    self.faults.error_status,
+                    "Injected fault",
+                    f"Fault injected at {self.core.audio_ms:.0f} ms of audio.",
+                    "injected_fault",
+                )
+                return
+
+    async def _send_loop(self) -> None:
+        while True:
+            due, item = await self.outbox.get()
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if isinstance(item, Close):
+                await self.ws.close(item.code, item.reason)
+                return
+            await self.ws.send(orjson.dumps(item).decode())
+            self.stats.events_sent += 1

@@ -1,0 +1,1 @@
+"""The Kafka edge: topic setup and the output publisher (aiokafka)."""

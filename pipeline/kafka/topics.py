@@ -1,0 +1,66 @@
+"""Create the worker's topics when they are missing, or fail with a message that says why."""
+
+from __future__ import annotations
+
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import for_code
+
+from pipeline.config import WorkerConfig
+
+log = logging.getLogger("pipeline.kafka.topics")
+TOPIC_ALREADY_EXISTS = 36
+
+
+class TopicSetupError(RuntimeError):
+    """The worker's topics are missing and could not be created."""
+
+
+def wanted_topics(config: WorkerConfig) -> list[NewTopic]:
+    """All topics, same partition count (stt.sessions must be co-partitioned with stt.audio)."""
+    retained = {"retention.ms": str(config.retention_ms)}
+    compacted = {"cleanup.policy": "compact"}
+    specs = [
+        (config.audio_topic, retained),
+        (config.turns_topic, retained),
+        (config.transcripts_topic, retained),
+        (config.dead_letter_topic, retained),
+        (config.sessions_topic, compacted),
+    ]
+    return [
+        NewTopic(name, config.topic_partitions, config.topic_replication, topic_configs=cfg) for name, cfg in specs
+    ]
+
+
+async def ensure_topics(config: WorkerConfig) -> list[str]:
+    """Create the missing topics; returns the names created. Raises :class:`TopicSetupError`."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=config.bootstrap_servers, client_id="stt-pipeline-admin")
+    try:
+        await admin.start()
+    except Exception as exc:
+        raise TopicSetupError(f"cannot reach Kafka at {config.bootstrap_servers}: {exc!r}") from exc
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in wanted_topics(config) if t.name not in existing]
+        if not missing:
+            return []
+        if not config.create_topics:
+            names = ", ".join(t.name for t in missing)
+            raise TopicSetupError(f"topics missing and topic creation is disabled (STT_CREATE_TOPICS): {names}")
+        response = await admin.create_topics(missing)
+        failures = []
+        for entry in response.topic_errors:
+            topic, code = entry[0], entry[1]
+            if code and code != TOPIC_ALREADY_EXISTS:
+                message = entry[2] if len(entry) > 2 and entry[2] else for_code(code).__name__
+                failures.append(f"{topic}: {message} (error {code})")
+        if failures:
+            raise TopicSetupError(
+                "cannot create topics (does this principal have CREATE on the cluster?): " + "; ".join(failures)
+            )
+        created = [t.name for t in missing]
+        log.info("created topics %s", ", ".join(created))
+        return created
+    finally:
+        await admin.close()

@@ -1,0 +1,109 @@
+"""The asyncio driver of one :class:`~pipeline.session.Session`: its STT socket, its timers.
+
+It is the session's only I/O: open the socket, send what :meth:`Session.poll` says when
+:meth:`Session.next_wakeup` says, feed every server frame to the session, and hand the session's
+output records to ``emit`` as soon as they exist. ``notify()`` wakes it when new input arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from pipeline.session import Output, Session
+
+log = logging.getLogger("pipeline.runner")
+
+
+class SessionRunner:
+    def __init__(
+        self,
+        session: Session,
+        *,
+        connect: Callable[[], Awaitable[ClientConnection]],
+        emit: Callable[[list[Output]], None],
+        input_live: Callable[[], bool],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.session = session
+        self._connect = connect
+        self._emit = emit
+        self._input_live = input_live
+        self._now = clock
+        self._wake = asyncio.Event()
+
+    def notify(self) -> None:
+        """New input for the session: re-evaluate what to send now."""
+        self._wake.set()
+
+    def _flush(self) -> None:
+        outputs = self.session.take_outputs()
+        if outputs:
+            self._emit(outputs)
+
+    async def run(self) -> None:
+        session = self.session
+        try:
+            ws = await self._connect()
+        except InvalidStatus as exc:
+            body = exc.response.body.decode("utf-8", "replace")[:500]
+            session.connect_failed(exc.response.status_code, f"STT upgrade refused: {exc.response.status_code} {body}")
+            self._flush()
+            return
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            session.connect_failed(None, f"STT service unreachable: {exc!r}")
+            self._flush()
+            return
+        reader = asyncio.create_task(self._read(ws))
+        try:
+            await self._write(ws)
+        finally:
+            if not reader.done():
+                reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            await ws.close()
+            self._flush()
+
+    async def _write(self, ws: ClientConnection) -> None:
+        session = self.session
+        while not session.ended:
+            now = self._now()
+            session.check_deadline(now)
+            if session.ended:
+                return
+            for item in session.poll(now, input_live=self._input_live()):
+                try:
+                    await ws.send(item)
+                except ConnectionClosed:
+                    break  # the reader reports how the socket closed
+            self._flush()
+            wake_at = session.next_wakeup(self._now())
+            timeout = None if wake_at is None else max(0.0, wake_at - self._now())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    async def _read(self, ws: ClientConnection) -> None:
+        session = self.session
+        try:
+            async for message in ws:
+                session.on_message(message)
+                self._flush()
+                if session.ended:
+                    return
+        except ConnectionClosed:
+            pass
+        finally:
+            if not session.ended:
+                rcvd = ws.protocol.close_rcvd
+                session.on_closed(rcvd.code if rcvd else None, rcvd.reason if rcvd else "")
+                self._flush()
+            self._wake.set()

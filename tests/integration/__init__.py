@@ -1,0 +1,1 @@
+"""Integration tests: real processes (Kafka broker, emulator) on the loopback interface."""

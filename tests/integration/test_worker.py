@@ -1,0 +1,375 @@
+"""The worker end to end: real Kafka broker, real worker, STT emulator (tones engine) over WebSockets."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from pipeline.audio import Encoding, bytes_per_sample
+from pipeline.config import WorkerConfig
+from pipeline.emulator.engines.tones import script_text, synthesize
+from pipeline.kafka.topics import ensure_topics
+from pipeline.schemas import validate
+from pipeline.worker import Worker
+from tests.support.emulator import EmulatorThread, running_emulator
+
+pytestmark = pytest.mark.kafka
+
+WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()  # noqa: SIM905
+FORMATS: list[tuple[Encoding, int]] = [
+    ("pcm_mulaw", 8000),
+    ("pcm_f32le", 48000),
+    ("pcm_s16le", 16000),
+    ("pcm_alaw", 8000),
+    ("pcm_s32le", 24000),
+    ("pcm_f16le", 22050),
+]
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[EmulatorThread]:
+    with running_emulator() as emu:  # default realtime budget: the worker must pace
+        yield emu
+
+
+def make_config(bootstrap: str, emu: EmulatorThread, partitions: int = 1) -> WorkerConfig:
+    tag = uuid.uuid4().hex[:8]
+    return WorkerConfig(
+        bootstrap_servers=bootstrap,
+        stt_base_url=emu.base_url,
+        api_key="test-key",
+        audio_topic=f"audio-{tag}",
+        turns_topic=f"turns-{tag}",
+        transcripts_topic=f"transcripts-{tag}",
+        sessions_topic=f"sessions-{tag}",
+        dead_letter_topic=f"dead-{tag}",
+        group_id=f"group-{tag}",
+        topic_partitions=partitions,
+        drain_deadline_s=20,
+        commit_interval_ms=200,
+    )
+
+
+class WorkerHarness:
+    """Starts an in-process worker on demand, so a test can fill the input topic first (a backlog)."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.worker = Worker(config)
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def prepare(self) -> None:
+        await ensure_topics(self.config)
+
+    async def start(self) -> Worker:
+        self._task = asyncio.create_task(self.worker.run(self._stop))
+        for _ in range(300):  # until partitions are assigned
+            if self.worker._watermarks or self._task.done():
+                break
+            await asyncio.sleep(0.05)
+        assert not self._task.done(), self._task.exception()
+        return self.worker
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await asyncio.wait_for(self._task, 60)
+
+
+@pytest.fixture
+async def harness(kafka_bootstrap: str, emulator: EmulatorThread) -> AsyncIterator[WorkerHarness]:
+    h = WorkerHarness(make_config(kafka_bootstrap, emulator))
+    await h.prepare()
+    yield h
+    await h.stop()
+
+
+@pytest.fixture
+async def running_worker(harness: WorkerHarness) -> tuple[Worker, WorkerConfig]:
+    return await harness.start(), harness.config
+
+
+def audio_record(
+    session: str, seq: int, data: bytes, encoding: str, rate: int, **extra: str
+) -> tuple[bytes, list[tuple[str, bytes]], bytes]:
+    headers = {"type": "audio", "seq": str(seq), "encoding": encoding, "sample_rate": str(rate), **extra}
+    return session.encode(), [(k, v.encode()) for k, v in headers.items()], data
+
+
+def control_record(session: str, seq: int, kind: str) -> tuple[bytes, list[tuple[str, bytes]], bytes]:
+    return session.encode(), [("type", kind.encode()), ("seq", str(seq).encode())], b""
+
+
+def session_records(
+    session: str, script: list[str | int], encoding: Encoding, rate: int, rng: random.Random, endpoint: str = "auto"
+) -> list[tuple[bytes, list[tuple[str, bytes]], bytes]]:
+    pcm = synthesize(script, rate, encoding)
+    sample = bytes_per_sample(encoding)
+    records = []
+    position = seq = 0
+    while position < len(pcm):
+        chunk_ms = rng.randint(20, 250)  # producers chunk however they like
+        size = max(1, rate * chunk_ms // 1000) * sample
+        records.append(audio_record(session, seq, pcm[position : position + size], encoding, rate, endpoint=endpoint))
+        position += size
+        seq += 1
+    records.append(control_record(session, seq, "end"))
+    return records
+
+
+async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, list[tuple[str, bytes]], bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
+    await producer.start()
+    try:
+        for key, headers, value in records:
+            await producer.send(topic, value=value, key=key, headers=headers)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def read_topic(bootstrap: str, topic: str, *, until: Any, limit_s: float = 120.0) -> list[dict[str, Any]]:
+    """Read a topic from the beginning (read_committed) until ``until(records)`` holds."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", isolation_level="read_committed"
+    )
+    await consumer.start()
+    records: list[dict[str, Any]] = []
+    try:
+        async with asyncio.timeout(limit_s):
+            while not until(records):
+                batch = await consumer.getmany(timeout_ms=200)
+                for items in batch.values():
+                    for item in items:
+                        assert item.value is not None
+                        record = orjson.loads(item.value)
+                        expected_key = record.get("session_id")
+                        assert (item.key.decode() if item.key is not None else None) == expected_key
+                        records.append(record)
+    finally:
+        await consumer.stop()
+    return records
+
+
+def sessions_ended(n: int) -> Any:
+    return lambda records: sum(r["kind"] == "session" for r in records) >= n
+
+
+def check_turn_stream(events: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Schema-valid, no duplicates, contiguous seq per session, well-formed lifecycle."""
+    by_session: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for event in events:
+        validate("turn", event)
+        by_session[event["session_id"]].append(event)
+    for session, items in by_session.items():
+        assert [e["seq"] for e in items] == list(range(len(items))), f"{session}: seq not contiguous or duplicated"
+        assert items[0]["type"] == "session.start" and items[-1]["type"] == "session.end"
+        ends = [e["turn"] for e in items if e["type"] == "turn.end"]
+        starts = [e["turn"] for e in items if e["type"] == "turn.start"]
+        assert ends == starts == list(range(len(ends))), f"{session}: every turn must start and end once, in order"
+    return by_session
+
+
+async def test_twenty_interleaved_sessions_mixed_formats_exact_finals(
+    harness: WorkerHarness, kafka_bootstrap: str, emulator: EmulatorThread
+) -> None:
+    """A backlog: all audio is in the topic before the worker starts; it must pace, not burst."""
+    config = harness.config
+    rng = random.Random(20)
+    expected: dict[str, list[str]] = {}
+    streams = []
+    for n in range(20):
+        session = f"call-{n:02d}-{uuid.uuid4().hex[:6]}"
+        turns = [" ".join(rng.sample(WORDS, rng.randint(1, 4))).capitalize() + p for p in (".", "?", "!")][
+            : rng.randint(1, 3)
+        ]
+        script: list[str | int] = list(turns)
+        encoding, rate = FORMATS[n % len(FORMATS)]
+        expected[session] = [t if i == 0 else " " + t for i, t in enumerate(turns)]
+        assert "".join(expected[session]) == script_text(script)
+        streams.append(session_records(session, script, encoding, rate, rng))
+    # Interleave all sessions' chunks on one partition, each session's own order kept.
+    interleaved = []
+    cursors = [iter(s) for s in streams]
+    while cursors:
+        cursor = rng.choice(cursors)
+        item = next(cursor, None)
+        if item is None:
+            cursors.remove(cursor)
+        else:
+            interleaved.append(item)
+    before = len(emulator.stats()["sessions"])
+    await produce(kafka_bootstrap, config.audio_topic, interleaved)
+    worker = await harness.start()
+
+    transcripts = await read_topic(kafka_bootstrap, config.transcripts_topic, until=sessions_ended(20))
+    for record in transcripts:
+        validate("transcript", record)
+    finals = {r["session_id"]: r for r in transcripts if r["kind"] == "session"}
+    assert set(finals) == set(expected)
+    for session, turns in expected.items():
+        assert finals[session]["status"] == "complete"
+        assert finals[session]["transcript"] == "".join(turns)
+        per_turn = [r["transcript"] for r in transcripts if r["session_id"] == session and r["kind"] == "turn"]
+        assert per_turn == turns
+    assert len({(r["session_id"], r["seq"]) for r in transcripts}) == len(transcripts)
+
+    total = sum(len(t) for t in expected.values()) + 20 * 2  # at least turn.start/end per turn + session.*
+    events = await read_topic(
+        kafka_bootstrap, config.turns_topic, until=lambda rs: sum(r["type"] == "session.end" for r in rs) >= 20
+    )
+    assert len(events) >= total
+    by_session = check_turn_stream(events)
+    for session, turns in expected.items():
+        assert [e["transcript"] for e in by_session[session] if e["type"] == "turn.end"] == turns
+        assert all(e["request_id"] for e in by_session[session][1:])
+    stats = emulator.stats()
+    ours = stats["sessions"][before:]
+    assert len(ours) == 20
+    assert not any(s["overloaded"] for s in ours), "the worker sent audio faster than realtime"
+    assert all(s["close_code"] == 1000 for s in ours)
+    assert worker.stats.sessions_ended == {"complete": 20}
+    assert not any(s["fault"] for s in ours)
+
+
+async def test_manual_endpoint_finalize_splits_turns(
+    running_worker: tuple[Worker, WorkerConfig], kafka_bootstrap: str
+) -> None:
+    _, config = running_worker
+    rng = random.Random(3)
+    records = []
+    seq = itertools.count()
+    for i, text in enumerate(["Push to talk.", "Second press."]):
+        pcm = synthesize(text, 16000, "pcm_s16le", lead_ms=200, tail_ms=300)
+        for start in range(0, len(pcm), 3200):
+            records.append(
+                audio_record("ptt", next(seq), pcm[start : start + 3200], "pcm_s16le", 16000, endpoint="manual")
+            )
+        records.append(control_record("ptt", next(seq), "finalize"))
+        del i
+    records.append(control_record("ptt", next(seq), "end"))
+    del rng
+    await produce(kafka_bootstrap, config.audio_topic, records)
+    transcripts = await read_topic(kafka_bootstrap, config.transcripts_topic, until=sessions_ended(1))
+    assert [r["transcript"] for r in transcripts if r["kind"] == "turn"] == ["Push to talk.", " Second press."]
+    assert transcripts[-1]["transcript"] == "Push to talk. Second press."
+    assert transcripts[-1]["status"] == "complete"
+
+
+async def test_bad_input_goes_to_dead_letter_and_others_finish(
+    running_worker: tuple[Worker, WorkerConfig], kafka_bootstrap: str
+) -> None:
+    worker, config = running_worker
+    good = synthesize("Still fine.", 16000, "pcm_s16le")
+    half = len(good) // 2
+    records = [
+        audio_record("good", 0, good[:half], "pcm_s16le", 16000),
+        # no session id
+        (b"", [(k, v.encode()) for k, v in {"type": "audio", "seq": "0", "encoding": "pcm_s16le"}.items()], b"\0\0"),
+        # bad headers: missing seq, unknown type, non-numeric rate, not UTF-8
+        (b"bad1", [("type", b"audio"), ("encoding", b"pcm_s16le"), ("sample_rate", b"16000")], b"\0\0"),
+        control_record("bad2", 0, "pause"),
+        audio_record("bad3", 0, b"\0\0", "pcm_s16le", 0),
+        (b"bad4", [("type", b"\xff\xfe"), ("seq", b"0")], b""),
+        # unknown encoding
+        audio_record("bad5", 0, b"\0\0", "pcm_u8", 16000),
+        # partial sample
+        audio_record("bad6", 0, b"\0\0\0", "pcm_s16le", 16000),
+        # encoding change mid-session
+        audio_record("good", 1, b"\0" * 800, "pcm_mulaw", 8000),
+        # duplicate (dropped and counted, not dead-lettered)
+        audio_record("good", 0, good[:half], "pcm_s16le", 16000),
+        audio_record("good", 1, good[half:], "pcm_s16le", 16000),
+        control_record("good", 2, "end"),
+        # after end
+        audio_record("good", 3, b"\0\0", "pcm_s16le", 16000),
+        # finalize/end for a session that never sent audio
+        control_record("ghost", 0, "end"),
+    ]
+    await produce(kafka_bootstrap, config.audio_topic, records)
+    letters = await read_topic(kafka_bootstrap, config.dead_letter_topic, until=lambda rs: len(rs) >= 10)
+    for letter in letters:
+        validate("dead_letter", letter)
+    reasons = Counter(letter["reason"] for letter in letters)
+    assert reasons == {
+        "missing_session_id": 1,
+        "bad_header": 4,
+        "unknown_encoding": 1,
+        "partial_sample": 1,
+        "encoding_changed": 1,
+        "after_end": 1,
+        "no_session": 1,
+    }
+    changed = next(letter for letter in letters if letter["reason"] == "encoding_changed")
+    assert changed["session_id"] == "good" and changed["headers"]["encoding"] == "pcm_mulaw"
+    assert changed["source"]["topic"] == config.audio_topic and changed["detail"]
+    transcripts = await read_topic(kafka_bootstrap, config.transcripts_topic, until=sessions_ended(1))
+    final = transcripts[-1]
+    assert (final["session_id"], final["transcript"], final["status"]) == ("good", "Still fine.", "complete")
+    assert worker.stats.duplicates >= 1
+
+
+async def test_sequence_gap_is_reported_and_session_continues(
+    running_worker: tuple[Worker, WorkerConfig], kafka_bootstrap: str
+) -> None:
+    _, config = running_worker
+    pcm = synthesize("Gap here.", 16000, "pcm_s16le")
+    records = [
+        audio_record("gappy", 0, pcm[:6400], "pcm_s16le", 16000),
+        audio_record("gappy", 2, pcm[6400:], "pcm_s16le", 16000),  # seq 1 never arrives
+        control_record("gappy", 3, "end"),
+    ]
+    await produce(kafka_bootstrap, config.audio_topic, records)
+    events = await read_topic(
+        kafka_bootstrap, config.turns_topic, until=lambda rs: any(r["type"] == "session.end" for r in rs)
+    )
+    errors = [e for e in events if e["type"] == "session.error"]
+    assert [e["error"]["error_code"] for e in errors] == ["seq_gap"]
+    assert events[-1]["status"] == "complete"
+
+
+async def test_worker_commits_only_past_finished_work(
+    running_worker: tuple[Worker, WorkerConfig], kafka_bootstrap: str
+) -> None:
+    worker, config = running_worker
+    pcm = synthesize("Hold the line.", 16000, "pcm_s16le")
+    first = [audio_record("first", 0, pcm, "pcm_s16le", 16000), control_record("first", 1, "end")]
+    await produce(kafka_bootstrap, config.audio_topic, first)
+    await read_topic(kafka_bootstrap, config.transcripts_topic, until=sessions_ended(1))
+    await produce(kafka_bootstrap, config.audio_topic, [audio_record("holder", 0, pcm, "pcm_s16le", 16000)])
+    for _ in range(100):
+        if "holder" in worker._open:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.6)  # a few commit intervals
+    await worker.commit()
+    consumer = worker._consumer
+    assert consumer is not None
+    tp = next(iter(consumer.assignment()))
+    committed = await consumer.committed(tp)
+    assert worker._open["holder"].session.first_offset == 2
+    assert committed == 2  # past the finished session, held at the open session's first chunk
+    await produce(kafka_bootstrap, config.audio_topic, [control_record("holder", 1, "end")])
+    await read_topic(kafka_bootstrap, config.transcripts_topic, until=sessions_ended(2))
+    for _ in range(100):
+        await worker.commit()
+        if await consumer.committed(tp) == worker._watermarks[tp.partition].position:
+            break
+        await asyncio.sleep(0.1)
+    assert await consumer.committed(tp) == worker._watermarks[tp.partition].position
+
+
+def test_config_repr_hides_the_api_key() -> None:
+    config = replace(WorkerConfig(), api_key="sk-secret")
+    assert "sk-secret" not in repr(config) and "sk-secret" not in str(config)

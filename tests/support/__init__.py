@@ -1,0 +1,1 @@
+"""Shared test support: a real Kafka broker per test session and its pytest fixtures."""

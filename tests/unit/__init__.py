@@ -1,0 +1,1 @@
+"""Unit tests: pure, sans-I/O modules driven with explicit inputs and an injected clock."""

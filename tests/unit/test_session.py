@@ -1,0 +1,245 @@
+"""One session's state machine, driven by hand with an injected clock."""
+
+from __future__ import annotations
+
+import itertools
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipeline.records import AudioFormat, InputMessage, Rejected
+from pipeline.schemas import validate
+from pipeline.session import Output, Session, SessionConfig
+
+S16 = AudioFormat("pcm_s16le", 16000)
+FRAME = 3200  # 100 ms of s16 at 16 kHz
+
+
+def make(fmt: AudioFormat = S16, **config: float) -> Session:
+    clock = itertools.count(1_700_000_000_000)
+    return Session("s1", fmt, first_offset=0, config=SessionConfig(**config), wall_ms=lambda: next(clock))
+
+
+def audio(seq: int, data: bytes, fmt: AudioFormat = S16) -> InputMessage:
+    return InputMessage("s1", "audio", seq, data, fmt)
+
+
+def control(seq: int, kind: str) -> InputMessage:
+    return InputMessage("s1", kind, seq)  # type: ignore[arg-type]
+
+
+def records(outputs: list[Output], topic: str = "turns") -> list[dict[str, object]]:
+    return [o.record for o in outputs if o.topic == topic]
+
+
+def drive(session: Session, until: float, step: float = 0.05, start: float = 0.0) -> list[bytes | str]:
+    sent: list[bytes | str] = []
+    t = start
+    while t <= until:
+        sent += session.poll(t, input_live=True)
+        t += step
+    return sent
+
+
+def auto_events(*events: dict[str, object]) -> list[str]:
+    return [orjson.dumps({"request_id": "r1", **e}).decode() for e in events]
+
+
+def test_starts_with_session_start_record() -> None:
+    session = make()
+    (out,) = session.take_outputs()
+    assert out.topic == "turns" and out.key == "s1" and out.final
+    assert out.record["type"] == "session.start" and out.record["seq"] == 0
+    validate("turn", out.record)
+
+
+def test_auto_session_full_lifecycle() -> None:
+    session = make()
+    session.take_outputs()
+    assert session.accept(audio(0, b"\1\0" * 8000), 0.0)  # 500 ms
+    assert session.accept(control(1, "end"), 0.0)
+    assert session.phase == "draining"
+    sent = drive(session, 1.0)
+    assert b"".join(x for x in sent if isinstance(x, bytes)) == b"\1\0" * 8000
+    assert sent[-1] == '{"type":"close"}' and session.phase == "closing"
+    for message in auto_events(
+        {"type": "connected"},
+        {"type": "turn.start"},
+        {"type": "turn.update", "transcript": "Hi"},
+        {"type": "turn.end", "transcript": "Hi"},
+        {"type": "turn.start"},
+        {"type": "turn.end", "transcript": " there"},
+    ):
+        session.on_message(message)
+    session.on_closed(1000)
+    assert session.status == "complete" and session.ended
+    outputs = session.take_outputs()
+    turns = records(outputs)
+    assert [r["type"] for r in turns] == [
+        "turn.start",
+        "turn.update",
+        "turn.end",
+        "turn.start",
+        "turn.end",
+        "session.end",
+    ]
+    assert [r["seq"] for r in turns] == list(range(1, 7))
+    transcripts = records(outputs, "transcripts")
+    assert [(r["kind"], r["turn"], r["transcript"]) for r in transcripts] == [
+        ("turn", 0, "Hi"),
+        ("turn", 1, " there"),
+        ("session", 2, "Hi there"),
+    ]
+    assert [r["seq"] for r in transcripts] == [0, 1, 2]
+    for record in turns:
+        validate("turn", record)
+        assert record["request_id"] == "r1"
+    for record in transcripts:
+        validate("transcript", record)
+    finals = {o.record.get("type", o.record.get("kind")) for o in outputs if o.final}
+    assert finals == {"turn.end", "session.end", "turn", "session"}  # interim: turn.start, turn.update
+
+
+def test_backlog_is_released_at_realtime() -> None:
+    session = make(max_lead_ms=300)
+    session.accept(audio(0, b"\0\1" * 16000 * 10), 0.0)  # 10 s pushed at once
+    sent = session.poll(0.0, input_live=True)
+    assert len(sent) <= 4  # the first frame plus at most 300 ms of lead
+    total = sum(len(x) for x in drive(session, 5.0, start=0.05) + sent if isinstance(x, bytes))
+    assert total <= (5.0 * 1000 + 300 + 100) * 32  # never ahead of realtime by more than the lead
+
+
+def test_silence_fill_only_when_input_is_live() -> None:
+    session = make(silence_budget_ms=400)
+    session.accept(audio(0, b"\1\0" * 1600), 0.0)
+    assert session.poll(0.0, input_live=True) == [b"\1\0" * 1600]
+    assert session.poll(1.0, input_live=False) == []
+    assert session.poll(2.0, input_live=True) == []  # the clock was rebased: the budget starts now
+    filled = session.poll(2.5, input_live=True)
+    assert filled and all(f == b"\0" * FRAME for f in filled)
+
+
+def test_mulaw_silence_is_0xff() -> None:
+    fmt = AudioFormat("pcm_mulaw", 8000)
+    session = make(fmt)
+    session.accept(audio(0, b"\x10" * 800, fmt), 0.0)
+    session.poll(0.0, input_live=True)
+    filled = session.poll(2.0, input_live=True)
+    assert filled and set(b"".join(filled)) == {0xFF}  # type: ignore[arg-type]
+
+
+def test_stereo_is_downmixed() -> None:
+    fmt = AudioFormat("pcm_s16le", 16000, channels=2)
+    session = make(fmt)
+    left_right = (b"\x00\x10" + b"\x00\x20") * 1600
+    session.accept(audio(0, left_right, fmt), 0.0)
+    (frame,) = session.poll(0.0, input_live=True)
+    assert frame == b"\x00\x18" * 1600
+
+
+def test_manual_finalize_follows_exactly_the_audio_before_it() -> None:
+    fmt = AudioFormat("pcm_s16le", 16000, endpoint="manual")
+    session = make(fmt)
+    session.accept(audio(0, b"\1\0" * 2000, fmt), 0.0)  # 125 ms: one frame + a partial
+    session.accept(control(1, "finalize"), 0.0)
+    session.accept(audio(2, b"\2\0" * 1600, fmt), 0.0)
+    session.accept(control(3, "end"), 0.0)
+    sent = drive(session, 1.0)
+    assert sent == [b"\1\0" * 1600, b"\1\0" * 400, "finalize", b"\2\0" * 1600, "close"]
+
+
+def test_finalize_on_auto_endpoint_is_ignored() -> None:
+    session = make()
+    session.accept(control(0, "finalize"), 0.0)
+    session.accept(control(1, "end"), 0.0)
+    assert drive(session, 0.2) == ['{"type":"close"}']
+
+
+def test_duplicates_gaps_after_end_and_format_change() -> None:
+    session = make()
+    session.take_outputs()
+    assert session.accept(audio(0, b"\0\0"), 0.0)
+    assert not session.accept(audio(0, b"\0\0"), 0.0)
+    assert session.duplicates == 1
+    assert session.accept(audio(3, b"\0\0"), 0.0)
+    (gap,) = records(session.take_outputs())
+    assert gap["type"] == "session.error" and gap["error"]["error_code"] == "seq_gap"  # type: ignore[index]
+    validate("turn", gap)
+    with pytest.raises(Rejected) as changed:
+        session.accept(audio(4, b"\0", AudioFormat("pcm_mulaw", 8000)), 0.0)
+    assert changed.value.reason == "encoding_changed"
+    session.accept(control(4, "end"), 0.0)  # the rejected chunk did not consume seq 4
+    with pytest.raises(Rejected) as after:
+        session.accept(audio(5, b"\0\0"), 0.0)
+    assert after.value.reason == "after_end"
+    assert not session.accept(audio(2, b"\0\0"), 0.0)  # an old duplicate is still only a duplicate
+
+
+def test_provider_4xx_error_fails_the_session() -> None:
+    session = make()
+    session.take_outputs()
+    session.on_message(
+        orjson.dumps({"type": "error", "status_code": 400, "title": "t", "message": "m", "error_code": "x"})
+    )
+    assert session.status == "failed"
+    out = session.take_outputs()
+    assert [r["type"] for r in records(out)] == ["session.error", "session.end"]
+    assert records(out, "transcripts")[0]["status"] == "failed"
+    assert session.poll(10.0, input_live=True) == []
+
+
+def test_abnormal_close_before_drain_fails_with_retryable_error() -> None:
+    session = make()
+    session.take_outputs()
+    session.on_closed(None)
+    error, end = records(session.take_outputs())
+    assert error["error"]["error_code"] == "stt_closed" and error["error"]["retryable"]  # type: ignore[index]
+    assert end["status"] == "failed"
+
+
+def test_manual_close_needs_done_to_be_complete() -> None:
+    fmt = AudioFormat("pcm_s16le", 16000, endpoint="manual")
+    session = make(fmt)
+    session.accept(control(0, "end"), 0.0)
+    assert session.poll(0.0, input_live=True) == ["close"]
+    session.on_message('{"type":"transcript","is_final":true,"text":"Open turn","request_id":"r"}')
+    session.on_message('{"type":"done","request_id":"r"}')
+    session.on_closed(1000)
+    assert session.status == "complete"
+    transcripts = records(session.take_outputs(), "transcripts")
+    assert transcripts[-1]["transcript"] == "Open turn"
+
+
+def test_drain_deadline_truncates() -> None:
+    session = make(drain_deadline_s=2.0)
+    session.take_outputs()
+    session.accept(audio(0, b"\0\0" * 1600), 0.0)
+    session.accept(control(1, "end"), 0.0)
+    assert session.deadline == pytest.approx(2.1)
+    drive(session, 0.5)
+    session.on_message(auto_events({"type": "turn.start"}, {"type": "turn.update", "transcript": "par"})[1])
+    session.check_deadline(2.0)
+    assert not session.ended
+    assert session.next_wakeup(2.0) == pytest.approx(2.1)
+    session.check_deadline(2.1)
+    assert session.status == "truncated"
+    out = session.take_outputs()
+    errors = [r for r in records(out) if r["type"] == "session.error"]
+    assert errors[0]["error"]["error_code"] == "drain_timeout"  # type: ignore[index]
+    assert records(out, "transcripts")[-1] == {**records(out, "transcripts")[-1], "status": "truncated"}
+
+
+@given(st.lists(st.text(max_size=6), min_size=1, max_size=8))
+def test_session_transcript_is_the_verbatim_concatenation_of_turns(texts: list[str]) -> None:
+    session = make()
+    session.accept(control(0, "end"), 0.0)
+    session.poll(0.0, input_live=True)
+    for text in texts:
+        for message in auto_events({"type": "turn.start"}, {"type": "turn.end", "transcript": text}):
+            session.on_message(message)
+    session.on_closed(1000)
+    transcripts = records(session.take_outputs(), "transcripts")
+    assert [r["transcript"] for r in transcripts[:-1]] == texts
+    assert transcripts[-1]["transcript"] == "".join(texts)
