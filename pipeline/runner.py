@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from pipeline import metrics
 from pipeline.session import Output, Session
 
 log = logging.getLogger("pipeline.runner")
@@ -78,7 +79,10 @@ class SessionRunner:
             session.check_deadline(now)
             if session.ended:
                 return
-            for item in session.poll(now, input_live=self._input_live()):
+            items = session.poll(now, input_live=self._input_live())
+            for drift in session.drifts_ms:
+                metrics.PACING_DRIFT_MS.observe(drift)
+            for item in items:
                 try:
                     await ws.send(item)
                 except ConnectionClosed:

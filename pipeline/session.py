@@ -94,6 +94,8 @@ class Session:
         self._sent_audio = 0
         self._finalize_marks: deque[int] = deque()
         self._close_sent = False
+        self.close_sent_at: float | None = None
+        self.drifts_ms: list[float] = []
         self._done_received = False
         self.deadline: float | None = None
         self.normalizer: AutoNormalizer | ManualNormalizer = (
@@ -167,7 +169,11 @@ class Session:
             return []
         out: list[bytes | str] = []
         self._due_finalizes(out)
+        lead_ms = self.pacer.lead_ms(now)
+        self.drifts_ms = []
         for frame in self.pacer.poll(now, input_live=input_live and self.phase == "streaming"):
+            self.drifts_ms.append(-lead_ms)
+            lead_ms += len(frame.data) * 1000.0 / self._bytes_per_s
             out.append(frame.data)
             if not frame.silence:
                 self._sent_audio += len(frame.data)
@@ -175,6 +181,7 @@ class Session:
         if self.phase == "draining" and self.pacer.drained and not self._finalize_marks:
             out.append('{"type":"close"}' if self.format.endpoint == "auto" else "close")
             self._close_sent = True
+            self.close_sent_at = now
             self.phase = "closing"
         return out
 

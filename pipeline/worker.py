@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.structs import OffsetAndMetadata
 
+from pipeline import metrics
 from pipeline.config import WorkerConfig
 from pipeline.kafka.publisher import Acks, Publisher
 from pipeline.kafka.topics import ensure_topics
@@ -139,6 +140,7 @@ class Worker:
 
     def _handle(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
         self.stats.records += 1
+        metrics.RECORDS.inc()
         watermark = self._watermarks.setdefault(tp.partition, PartitionWatermark(record.offset))
         watermark.consumed(record.offset)
         session_id: str | None = None
@@ -171,6 +173,7 @@ class Worker:
             with contextlib.suppress(UnicodeDecodeError):
                 session_id = record.key.decode("utf-8")
         self.stats.dead_letters += 1
+        metrics.DEAD_LETTERS.labels(rejected.reason).inc()
         log.warning("dead letter p%d@%d %s: %s", tp.partition, record.offset, rejected.reason, rejected.detail)
         letter = dead_letter(
             rejected,
@@ -206,6 +209,7 @@ class Worker:
         self._open[session_id] = current
         self._watermarks[partition].hold(session_id, offset)
         self.stats.sessions_opened += 1
+        metrics.OPEN_SESSIONS.inc()
         self._emit(current, session.take_outputs())
         current.task = asyncio.create_task(self._run_session(current), name=f"session:{session_id}")
         return current
@@ -213,6 +217,13 @@ class Worker:
     def _emit(self, current: _Open, outputs: list[Output]) -> None:
         assert self._publisher is not None
         acks = self._publisher.publish([(self._topics[o.topic], o.key, o.record) for o in outputs])
+        emitted = time.monotonic()
+
+        def observe(done: asyncio.Future[None]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                metrics.EVENT_TO_ACK_S.observe(time.monotonic() - emitted)
+
+        acks.done.add_done_callback(observe)
         current.acks = [a for a in current.acks if not a.done.done()]
         current.acks.append(acks)
 
@@ -227,6 +238,12 @@ class Worker:
             log.exception("session %s crashed; it stays held and will be replayed", session.session_id)
             return
         status = session.status or "failed"
+        if session.close_sent_at is not None:
+            metrics.CLOSE_TO_FINAL_S.observe(time.monotonic() - session.close_sent_at)
+        metrics.SESSIONS_ENDED.labels(status).inc()
+        metrics.OPEN_SESSIONS.dec()
+        metrics.AUDIO_SENT_S.inc(session.audio_ms / 1000)
+        metrics.SILENCE_SENT_S.inc(session.pacer.silence_ms_sent / 1000)
         self.stats.sessions_ended[status] = self.stats.sessions_ended.get(status, 0) + 1
         self.stats.duplicates += session.duplicates
         self.stats.gaps += session.gaps
