@@ -35,7 +35,19 @@ SETTINGS: dict[str, Setting] = {
     "max_lead_ms": Setting("STT_MAX_LEAD_MS", 300.0, "how far ahead of realtime audio may be sent"),
     "silence_budget_ms": Setting("STT_SILENCE_BUDGET_MS", 400.0, "producer jitter tolerated before sending silence"),
     "drain_deadline_s": Setting("STT_DRAIN_DEADLINE_S", 30.0, "after `end`, time allowed to drain before truncating"),
-    "commit_interval_ms": Setting("STT_COMMIT_INTERVAL_MS", 500.0, "how often watermarks are committed"),
+    "commit_interval_ms": Setting(
+        "STT_COMMIT_INTERVAL_MS", 200.0, "transaction cadence: outputs, checkpoints and offsets commit together"
+    ),
+    "group_instance_id": Setting("STT_GROUP_INSTANCE_ID", "", "static group membership id (stable per worker)"),
+    "session_timeout_ms": Setting("STT_SESSION_TIMEOUT_MS", 10000, "consumer group session timeout"),
+    "revoke_grace_s": Setting("STT_REVOKE_GRACE_S", 5.0, "on revoke/SIGTERM: time given to in-flight drains"),
+    "replay_margin_ms": Setting("STT_REPLAY_MARGIN_MS", 400.0, "audio before turn.end kept for replay"),
+    "max_reconnects": Setting("STT_MAX_RECONNECTS", 8, "STT reconnect attempts before a session fails"),
+    "max_sessions": Setting("STT_MAX_SESSIONS", 500, "open STT sockets per worker (more: the partition waits)"),
+    "pause_high_bytes": Setting("STT_PAUSE_HIGH_BYTES", 32 * 2**20, "queued audio per partition that pauses it"),
+    "pause_low_bytes": Setting("STT_PAUSE_LOW_BYTES", 8 * 2**20, "queued audio per partition that resumes it"),
+    "session_idle_timeout_s": Setting("STT_SESSION_IDLE_TIMEOUT_S", 120.0, "no input this long: truncate"),
+    "session_max_s": Setting("STT_SESSION_MAX_S", 4 * 3600.0, "maximum session duration: truncate"),
     "lag_threshold": Setting("STT_LAG_THRESHOLD", 20, "records behind the high watermark that count as lagging"),
     "topic_partitions": Setting("STT_TOPIC_PARTITIONS", 6, "partitions of topics the worker creates"),
     "topic_replication": Setting("STT_TOPIC_REPLICATION", 1, "replication factor of topics the worker creates"),
@@ -60,7 +72,17 @@ class WorkerConfig:
     max_lead_ms: float = 300.0
     silence_budget_ms: float = 400.0
     drain_deadline_s: float = 30.0
-    commit_interval_ms: float = 500.0
+    commit_interval_ms: float = 200.0
+    group_instance_id: str = ""
+    session_timeout_ms: int = 10000
+    revoke_grace_s: float = 5.0
+    replay_margin_ms: float = 400.0
+    max_reconnects: int = 8
+    max_sessions: int = 500
+    pause_high_bytes: int = 32 * 2**20
+    pause_low_bytes: int = 8 * 2**20
+    session_idle_timeout_s: float = 120.0
+    session_max_s: float = 4 * 3600.0
     lag_threshold: int = 20
     topic_partitions: int = 6
     topic_replication: int = 1

@@ -3,6 +3,10 @@
 It is the session's only I/O: open the socket, send what :meth:`Session.poll` says when
 :meth:`Session.next_wakeup` says, feed every server frame to the session, and hand the session's
 output records to ``emit`` as soon as they exist. ``notify()`` wakes it when new input arrived.
+
+When the session asks for a reconnect (abnormal close, a 5xx, an unreachable or overloaded service)
+the runner waits an exponential backoff with jitter, lets the session rewind to its resume point and
+opens a fresh socket; the session bounds the number of attempts.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 
@@ -31,6 +36,8 @@ class SessionRunner:
         emit: Callable[[list[Output]], None],
         input_live: Callable[[], bool],
         clock: Callable[[], float] = time.monotonic,
+        backoff_base_s: float = 0.2,
+        backoff_max_s: float = 5.0,
     ) -> None:
         self.session = session
         self._connect = connect
@@ -38,6 +45,8 @@ class SessionRunner:
         self._input_live = input_live
         self._now = clock
         self._wake = asyncio.Event()
+        self._backoff_base_s = backoff_base_s
+        self._backoff_max_s = backoff_max_s
 
     def notify(self) -> None:
         """New input for the session: re-evaluate what to send now."""
@@ -50,16 +59,29 @@ class SessionRunner:
 
     async def run(self) -> None:
         session = self.session
+        while not session.ended:
+            await self._connection()
+            self._flush()
+            if session.ended or not session.needs_reconnect:
+                return
+            attempt = session.reconnects + 1
+            delay = min(self._backoff_max_s, self._backoff_base_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+            log.info("session %s: reconnecting in %.2f s (attempt %d)", session.session_id, delay, attempt)
+            await asyncio.sleep(delay)
+            session.reconnect()
+            self._flush()
+
+    async def _connection(self) -> None:
+        """One socket's life: connect, write and read until the session ends or needs a new socket."""
+        session = self.session
         try:
             ws = await self._connect()
         except InvalidStatus as exc:
             body = exc.response.body.decode("utf-8", "replace")[:500]
             session.connect_failed(exc.response.status_code, f"STT upgrade refused: {exc.response.status_code} {body}")
-            self._flush()
             return
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             session.connect_failed(None, f"STT service unreachable: {exc!r}")
-            self._flush()
             return
         reader = asyncio.create_task(self._read(ws))
         try:
@@ -69,12 +91,12 @@ class SessionRunner:
                 reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
-            await ws.close()
-            self._flush()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 5)
 
     async def _write(self, ws: ClientConnection) -> None:
         session = self.session
-        while not session.ended:
+        while not session.ended and not session.needs_reconnect:
             now = self._now()
             session.check_deadline(now)
             if session.ended:
@@ -101,12 +123,12 @@ class SessionRunner:
             async for message in ws:
                 session.on_message(message)
                 self._flush()
-                if session.ended:
+                if session.ended or session.needs_reconnect:
                     return
         except ConnectionClosed:
             pass
         finally:
-            if not session.ended:
+            if not session.ended and not session.needs_reconnect:
                 rcvd = ws.protocol.close_rcvd
                 session.on_closed(rcvd.code if rcvd else None, rcvd.reason if rcvd else "")
                 self._flush()

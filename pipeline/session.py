@@ -2,8 +2,8 @@
 
 Lifecycle: ``streaming`` (audio flows) → ``draining`` (`end` received: queued audio is still paced
 out) → ``closing`` (all audio sent, the close command sent; reading until the server closes) →
-``ended`` with a status: ``complete``, ``truncated`` (the drain deadline hit) or ``failed`` (the STT
-service refused or lost the session).
+``ended`` with a status: ``complete``, ``truncated`` (a deadline or guard hit) or ``failed`` (the STT
+service refused the session, or reconnecting gave up).
 
 The session never does I/O. Its driver (:mod:`pipeline.runner`) feeds it input messages
 (:meth:`Session.accept`), the STT server's text frames (:meth:`Session.on_message`) and the socket's
@@ -11,11 +11,25 @@ closing (:meth:`Session.on_closed`), asks it what to send (:meth:`Session.poll`)
 (:meth:`Session.next_wakeup`), and publishes what :meth:`Session.take_outputs` returns, in order.
 Times are injected: ``now`` (monotonic seconds) drives pacing and deadlines; ``at_ms`` (Unix ms)
 stamps records.
+
+Recovery. The session *holds* every input record since its last final turn: the resume point. A
+crash restarts it there from its checkpoint (:meth:`Session.checkpoint`, :class:`Resume`); a lost STT
+connection (:attr:`Session.needs_reconnect`) restarts it there in-process (:meth:`Session.reconnect`).
+Either way the open turn is transcribed again on a fresh connection and numbering continues, so no
+final turn is lost or published twice. After an auto-endpoint turn ends, the resume point is the
+record holding the audio ``replay_margin_ms`` before what had been sent when `turn.end` arrived
+(that audio lies inside the silence that ended the turn); after a manual turn ends at a `flush_done`,
+it is the record right after its `finalize`.
+
+Connection seams. A fresh connection's first text has no leading space (the provider starts a new
+transcript). When a session continues on a new connection and neither side of the join has
+whitespace, the first turn of the new connection gets the single space the provider would have
+sent had the connection continued. This is the one place text is touched; it keeps a recovered
+session's transcript identical to an undisturbed one.
 """
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +40,7 @@ import orjson
 from pipeline import audio
 from pipeline.events import AutoNormalizer, ManualNormalizer, TranscriptAssembler, TurnEvent
 from pipeline.pacing import Pacer
-from pipeline.records import AudioFormat, InputMessage, Rejected
+from pipeline.records import AudioFormat, InputMessage, MessageType, Rejected
 
 Status = Literal["complete", "truncated", "failed"]
 Phase = Literal["streaming", "draining", "closing", "ended"]
@@ -39,16 +53,41 @@ class SessionConfig:
     max_lead_ms: float = 300.0
     silence_budget_ms: float = 400.0
     drain_deadline_s: float = 30.0
+    replay_margin_ms: float = 400.0
+    max_reconnects: int = 5
 
 
 @dataclass(frozen=True, slots=True)
 class Output:
-    """A record to publish: ``final`` records (turn.end, session.*, transcripts) need exactly-once care."""
+    """A record to publish: ``final`` records (turn.end, session.end, transcripts) need exactly-once care."""
 
     topic: Topic
     key: str
     record: dict[str, Any]
     final: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Where a session restarts after a crash (read from its checkpoint)."""
+
+    next_seq: int
+    next_turn: int
+    next_transcript_seq: int
+    transcript: str
+    next_input_seq: int
+    audio_ms: float
+
+
+@dataclass(slots=True)
+class _Held:
+    """An accepted input record the session may have to replay."""
+
+    offset: int
+    seq: int
+    kind: MessageType
+    start: int  # input audio bytes before it
+    data: bytes  # mono audio in the session's encoding; empty for finalize/end
 
 
 def _error(
@@ -68,6 +107,7 @@ class Session:
         first_offset: int,
         config: SessionConfig,
         wall_ms: Callable[[], int],
+        resume: Resume | None = None,
     ) -> None:
         self.session_id = session_id
         self.format = fmt
@@ -79,33 +119,56 @@ class Session:
         self.request_id: str | None = None
         self.duplicates = 0
         self.gaps = 0
-        self._next_in = 0
-        rate = fmt.sample_rate
-        frame = audio.frame_bytes(fmt.encoding, rate, config.frame_ms)
+        self.reconnects = 0
+        self.needs_reconnect = False
+        self.close_offset: int | None = None
+        self.close_sent_at: float | None = None
+        self.deadline: float | None = None
+        self.drifts_ms: list[float] = []
+        self._bytes_per_s = float(fmt.sample_rate * audio.bytes_per_sample(fmt.encoding))
+        self._held: deque[_Held] = deque()
+        self._next_offset = first_offset
+        self._outputs: list[Output] = []
+        self._finalizes_sent: deque[int] = deque()  # offsets of finalize records sent, awaiting flush_done
+        if resume is None:
+            self._next_in = 0
+            self._turn_seq = self._transcript_seq = self._first_turn = 0
+            self._prior = ""
+            base = 0
+        else:
+            self._next_in = resume.next_input_seq
+            self._turn_seq, self._transcript_seq = resume.next_seq, resume.next_transcript_seq
+            self._first_turn, self._prior = resume.next_turn, resume.transcript
+            base = int(resume.audio_ms * self._bytes_per_s / 1000) // audio.bytes_per_sample(fmt.encoding)
+            base *= audio.bytes_per_sample(fmt.encoding)
+        self._pushed = self._sent_audio = base
+        self.assembler = TranscriptAssembler(first_turn=self._first_turn)
+        self._new_connection()
+        if resume is None:
+            self._emit_turn("session.start")
+
+    def _new_connection(self) -> None:
+        """Fresh pacer and normalizer for a (re)connection, starting at the resume point."""
+        fmt, config = self.format, self.config
+        frame = audio.frame_bytes(fmt.encoding, fmt.sample_rate, config.frame_ms)
         self.pacer = Pacer(
             frame_bytes=frame,
             frame_ms=config.frame_ms,
             max_lead_ms=config.max_lead_ms,
             silence_budget_ms=config.silence_budget_ms,
             silence_frame=audio.silence(fmt.encoding, frame // audio.bytes_per_sample(fmt.encoding)),
-            bytes_per_ms=rate * audio.bytes_per_sample(fmt.encoding) / 1000.0,
+            bytes_per_ms=self._bytes_per_s / 1000.0,
         )
-        self._pushed = 0
-        self._sent_audio = 0
-        self._finalize_marks: deque[int] = deque()
-        self._close_sent = False
-        self.close_sent_at: float | None = None
-        self.drifts_ms: list[float] = []
-        self._done_received = False
-        self.deadline: float | None = None
+        next_turn = self.assembler.next_turn
         self.normalizer: AutoNormalizer | ManualNormalizer = (
-            AutoNormalizer() if fmt.endpoint == "auto" else ManualNormalizer()
+            AutoNormalizer(first_turn=next_turn) if fmt.endpoint == "auto" else ManualNormalizer(first_turn=next_turn)
         )
-        self.assembler = TranscriptAssembler()
-        self._outputs: list[Output] = []
-        self._turn_seq = 0
-        self._transcript_seq = 0
-        self._emit_turn("session.start")
+        self._seam_turn = next_turn if self._text_so_far() else None
+        self._finalize_marks: deque[tuple[int, int]] = deque()  # (audio position, record offset)
+        self._finalizes_sent.clear()
+        self._close_sent = False
+        self._done_received = False
+        self.needs_reconnect = False
 
     # -- input side ------------------------------------------------------------------------------
 
@@ -113,8 +176,8 @@ class Session:
     def ended(self) -> bool:
         return self.phase == "ended"
 
-    def accept(self, message: InputMessage, now: float) -> bool:
-        """Take one input message; False for a duplicate (dropped), :class:`Rejected` for bad input."""
+    def accept(self, message: InputMessage, now: float, offset: int | None = None) -> bool:
+        """Take one input message (read at ``offset``); False for a duplicate, :class:`Rejected` for bad input."""
         if message.seq < self._next_in:
             self.duplicates += 1
             return False
@@ -131,46 +194,73 @@ class Session:
                 )
         if message.seq > self._next_in:
             self.gaps += 1
+            missing = message.seq - self._next_in
             self._emit_turn(
                 "session.error",
                 error=_error(
                     "seq_gap",
                     "Input gap",
-                    f"expected seq {self._next_in}, got {message.seq}: {message.seq - self._next_in} chunk(s) missing",
+                    f"expected seq {self._next_in}, got {message.seq}: {missing} chunk(s) missing",
                 ),
             )
         self._next_in = message.seq + 1
-        if message.type == "audio":
-            data = message.audio
-            if self.format.channels > 1:
-                mono = audio.decode(data, self.format.encoding, self.format.channels)
-                data = audio.encode(mono, self.format.encoding)
-            self.pacer.push(data)
-            self._pushed += len(data)
-        elif message.type == "finalize":
-            if isinstance(self.normalizer, ManualNormalizer):
-                self._finalize_marks.append(self._pushed)
-                self.pacer.cut()
-        else:
-            self.pacer.finish()
+        offset = self._next_offset if offset is None else offset
+        self._next_offset = offset + 1
+        data = message.audio
+        if message.type == "audio" and self.format.channels > 1:
+            data = audio.encode(audio.decode(data, self.format.encoding, self.format.channels), self.format.encoding)
+        held = _Held(offset, message.seq, message.type, self._pushed, data)
+        self._held.append(held)
+        self._feed(held)
+        if message.type == "end":
             self.phase = "draining"
+            self.close_offset = offset
             self.deadline = now + self.pacer.queued_bytes / self._bytes_per_s + self.config.drain_deadline_s
         return True
 
+    def _feed(self, held: _Held) -> None:
+        """Give one held record to the current connection's pacer."""
+        if held.kind == "audio":
+            self.pacer.push(held.data)
+            self._pushed += len(held.data)
+        elif held.kind == "finalize":
+            if isinstance(self.normalizer, ManualNormalizer):
+                self._finalize_marks.append((self._pushed, held.offset))
+                self.pacer.cut()
+        else:
+            self.pacer.finish()
+
     @property
-    def _bytes_per_s(self) -> float:
-        return self.format.sample_rate * audio.bytes_per_sample(self.format.encoding)
+    def resume_offset(self) -> int:
+        """The input offset a restart must read from: the first record after the last final turn."""
+        return self._held[0].offset if self._held else self._next_offset
+
+    @property
+    def held_bytes(self) -> int:
+        """Audio held for replay (bounded by the audio since the last final turn)."""
+        return sum(len(h.data) for h in self._held)
+
+    def _release_through(self, position: int, *, finalize_offset: int | None = None) -> None:
+        """A turn ended: drop held records no longer needed (never the `end` record)."""
+        while self._held and self._held[0].kind != "end":
+            first = self._held[0]
+            if finalize_offset is not None:
+                if first.offset > finalize_offset:
+                    break
+            elif first.start + len(first.data) > position or (first.kind == "finalize" and first.start >= position):
+                break
+            self._held.popleft()
 
     # -- socket side -----------------------------------------------------------------------------
 
     def poll(self, now: float, *, input_live: bool) -> list[bytes | str]:
         """Frames (binary audio) and commands (text) to send now, in order."""
-        if self.phase in ("closing", "ended"):
+        self.drifts_ms = []
+        if self.phase in ("closing", "ended") or self.needs_reconnect:
             return []
         out: list[bytes | str] = []
         self._due_finalizes(out)
         lead_ms = self.pacer.lead_ms(now)
-        self.drifts_ms = []
         for frame in self.pacer.poll(now, input_live=input_live and self.phase == "streaming"):
             self.drifts_ms.append(-lead_ms)
             lead_ms += len(frame.data) * 1000.0 / self._bytes_per_s
@@ -186,9 +276,10 @@ class Session:
         return out
 
     def _due_finalizes(self, out: list[bytes | str]) -> None:
-        while self._finalize_marks and self._finalize_marks[0] <= self._sent_audio:
-            self._finalize_marks.popleft()
+        while self._finalize_marks and self._finalize_marks[0][0] <= self._sent_audio:
+            _, offset = self._finalize_marks.popleft()
             out.append("finalize")
+            self._finalizes_sent.append(offset)
             assert isinstance(self.normalizer, ManualNormalizer)
             self.normalizer.finalize_sent()
 
@@ -201,7 +292,7 @@ class Session:
 
     def on_message(self, message: str | bytes) -> None:
         """One text frame from the STT server."""
-        if self.ended:
+        if self.ended or self.needs_reconnect:
             return
         try:
             event = orjson.loads(message)
@@ -213,22 +304,35 @@ class Session:
                 error=_error("bad_provider_message", "Unreadable STT message", f"not a JSON object: {message[:200]!r}"),
             )
             return
+        kind = event.get("type")
         if isinstance(event.get("request_id"), str):
             self.request_id = event["request_id"]
-        if event.get("type") == "done":
+        if kind == "done":
             self._done_received = True
+        ended_turn = False
         for turn_event in self.normalizer.feed(event):
+            ended_turn |= turn_event.type == "turn.end"
             self._publish(turn_event)
-        if event.get("type") == "error":
-            self._end("failed")
+        if kind == "flush_done" and self._finalizes_sent:
+            finalize_offset = self._finalizes_sent.popleft()
+            if ended_turn:
+                self._release_through(0, finalize_offset=finalize_offset)
+        elif ended_turn:
+            margin = int(self.config.replay_margin_ms * self._bytes_per_s / 1000)
+            self._release_through(self._sent_audio - margin)
+        if kind == "error":
+            status = event.get("status_code")
+            if isinstance(status, int) and status >= 500:
+                self.needs_reconnect = True
+            else:
+                self._end("failed")
 
     def on_closed(self, code: int | None, reason: str = "") -> None:
         """The STT socket closed (``code`` None: no close frame, an abnormal closure)."""
-        if self.ended:
+        if self.ended or self.needs_reconnect:
             return
-        clean = code == 1000
         drained = self._close_sent and (self.format.endpoint == "auto" or self._done_received)
-        if clean and drained:
+        if code == 1000 and drained:
             self._close_open_manual_turn()
             self._end("complete")
             return
@@ -238,27 +342,49 @@ class Session:
                 "stt_closed",
                 "STT connection closed",
                 f"the STT server closed the connection (code {code}, reason {reason!r}) before the session drained",
-                status_code=None,
                 retryable=code != 1008,
             ),
         )
-        self._end("failed")
+        if code == 1008:
+            self._end("failed")
+        else:
+            self.needs_reconnect = True
 
     def connect_failed(self, status_code: int | None, message: str) -> None:
-        """The STT socket could not be opened (e.g. 401, 429, unreachable)."""
+        """The STT socket could not be opened: retry later (unreachable, 5xx, 429) or fail (other 4xx)."""
         if self.ended:
             return
+        retryable = status_code is None or status_code >= 500 or status_code == 429
         self._emit_turn(
             "session.error",
-            error=_error(
-                "stt_connect_failed",
-                "STT connection refused",
-                message,
-                status_code=status_code,
-                retryable=status_code is None or status_code >= 500 or status_code == 429,
-            ),
+            error=_error("stt_connect_failed", "STT connection refused", message, status_code, retryable),
         )
-        self._end("failed")
+        if retryable:
+            self.needs_reconnect = True
+        else:
+            self._end("failed")
+
+    def reconnect(self) -> None:
+        """Start over on a fresh connection from the resume point (the audio since the last final turn)."""
+        if self.ended:
+            return
+        if self.reconnects >= self.config.max_reconnects:
+            self._emit_turn(
+                "session.error",
+                error=_error(
+                    "stt_gave_up", "STT unavailable", f"gave up after {self.reconnects} reconnect attempts"
+                ),
+            )
+            self._end("failed")
+            return
+        self.reconnects += 1
+        base = self._held[0].start if self._held else self._pushed
+        self._pushed = self._sent_audio = base
+        self._new_connection()
+        for held in self._held:
+            self._feed(held)
+        if self.phase == "closing":
+            self.phase = "draining"
 
     def check_deadline(self, now: float) -> None:
         """End a drain that hangs past its deadline as ``truncated``."""
@@ -273,6 +399,13 @@ class Session:
             )
             self._end("truncated")
 
+    def truncate(self, code: str, message: str) -> None:
+        """End the session now as ``truncated`` (a guard: idle timeout, maximum duration)."""
+        if self.ended:
+            return
+        self._emit_turn("session.error", error=_error(code, "Session truncated", message))
+        self._end("truncated")
+
     def _close_open_manual_turn(self) -> None:
         if isinstance(self.normalizer, ManualNormalizer) and self.normalizer.turn_open:
             for turn_event in self.normalizer.feed({"type": "done"}):
@@ -286,12 +419,49 @@ class Session:
 
     @property
     def audio_ms(self) -> float:
-        return self.pacer.sent_audio_ms
+        """Position in the session's input audio sent to STT so far (silence fill not counted)."""
+        return self._sent_audio * 1000.0 / self._bytes_per_s
+
+    def _text_so_far(self) -> str:
+        return self._prior + self.assembler.session_transcript
+
+    def checkpoint(self) -> dict[str, Any]:
+        """The session's restart state (a `stt.sessions` record)."""
+        start = self._held[0].start if self._held else self._pushed
+        return {
+            "session_id": self.session_id,
+            "status": self.status or "open",
+            "resume_offset": self.resume_offset,
+            "next_seq": self._turn_seq,
+            "next_turn": self.assembler.next_turn,
+            "next_transcript_seq": self._transcript_seq,
+            "next_input_seq": self._held[0].seq if self._held else self._next_in,
+            "transcript": self._text_so_far(),
+            "audio_ms": _ms(start * 1000.0 / self._bytes_per_s),
+            "close_offset": self.close_offset,
+            "endpoint": self.format.endpoint,
+            "encoding": self.format.encoding,
+            "sample_rate": self.format.sample_rate,
+            "channels": self.format.channels,
+            "model": self.format.model,
+            "language": self.format.language,
+            "at": self._wall_ms(),
+        }
+
+    def _seamed(self, event: TurnEvent) -> TurnEvent:
+        text = event.transcript
+        if event.turn != self._seam_turn or not text or text[0].isspace():
+            return event
+        before = self._text_so_far()
+        if not before or before[-1].isspace():
+            return event
+        return TurnEvent(event.type, event.turn, " " + text, event.request_id, event.error)
 
     def _publish(self, event: TurnEvent) -> None:
         if event.type == "session.error":
             self._emit_turn("session.error", error=event.error, request_id=event.request_id)
             return
+        event = self._seamed(event)
         self._emit_turn(event.type, turn=event.turn, transcript=event.transcript, request_id=event.request_id)
         if event.type == "turn.end":
             assert event.turn is not None and event.transcript is not None
@@ -301,8 +471,11 @@ class Session:
     def _end(self, status: Status) -> None:
         self.status = status
         self.phase = "ended"
+        if self.close_offset is None:
+            self.close_offset = self._next_offset - 1
+        self._held.clear()
         self._emit_turn("session.end", status=status)
-        self._emit_transcript("session", len(self.assembler.turns), self.assembler.session_transcript, status)
+        self._emit_transcript("session", self.assembler.next_turn, self._text_so_far(), status)
 
     def _emit_turn(
         self,
@@ -346,4 +519,4 @@ class Session:
 
 
 def _ms(value: float) -> float:
-    return math.floor(value * 1000) / 1000
+    return int(value * 1000) / 1000

@@ -1,13 +1,19 @@
 """The worker: consumes `stt.audio`, runs one paced STT socket per session, publishes turns and finals.
 
 Wiring only; the decisions live in the pure modules. Per record: parse (:mod:`pipeline.records`) →
-route to its :class:`~pipeline.session.Session` (opened by its first audio chunk) → the session's
-:class:`~pipeline.runner.SessionRunner` paces it out. Bad records go to the dead-letter topic.
+route to its :class:`~pipeline.session.Session` (opened by its first audio chunk, or resumed from its
+checkpoint) → the session's :class:`~pipeline.runner.SessionRunner` paces it out. Bad records go to
+the dead-letter topic.
 
-Offsets are committed manually, per partition, at the :class:`~pipeline.offsets.PartitionWatermark`:
-an open session holds its first offset until every record it produced is acknowledged; a dead-lettered
-record holds its own offset until the dead letter is acknowledged. So nothing is committed before
-what it produced is published, and a crashed worker's sessions are replayed from their start.
+Delivery (see README "Delivery guarantees"). Each assigned input partition has a transactional
+producer (:mod:`pipeline.kafka.transactions`). Every ``commit_interval_ms`` one transaction per
+partition carries the records its sessions produced since the last one, their checkpoints
+(`stt.sessions`) and the partition's watermark as the group's committed offset. The watermark
+(:class:`~pipeline.offsets.PartitionWatermark`) is the lowest resume offset of the partition's open
+sessions. On assignment the partition's checkpoints are read back: input of finished sessions and
+input below an open session's resume offset are skipped, and numbering continues where it stopped.
+On revocation and on SIGTERM, in-flight drains get a grace period, then a last transaction commits
+everything and the sockets of the revoked partitions close.
 """
 
 from __future__ import annotations
@@ -20,18 +26,18 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.structs import OffsetAndMetadata
 
 from pipeline import metrics
 from pipeline.config import WorkerConfig
-from pipeline.kafka.publisher import Acks, Publisher
+from pipeline.kafka.checkpoints import load_checkpoints
 from pipeline.kafka.topics import ensure_topics
+from pipeline.kafka.transactions import Extra, Fenced, PartitionTransactions
 from pipeline.offsets import PartitionWatermark
-from pipeline.records import Rejected, dead_letter, parse
+from pipeline.records import AudioFormat, InputMessage, Rejected, dead_letter, parse
 from pipeline.runner import SessionRunner
-from pipeline.session import Output, Session, SessionConfig
+from pipeline.session import Output, Resume, Session, SessionConfig
 from pipeline.stt.client import open_socket
 
 log = logging.getLogger("pipeline.worker")
@@ -42,14 +48,62 @@ def wall_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _same(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return {**a, "at": 0} == {**b, "at": 0}
+
+
+def resume_of(checkpoint: dict[str, Any]) -> Resume:
+    return Resume(
+        next_seq=checkpoint["next_seq"],
+        next_turn=checkpoint["next_turn"],
+        next_transcript_seq=checkpoint["next_transcript_seq"],
+        transcript=checkpoint["transcript"],
+        next_input_seq=checkpoint["next_input_seq"],
+        audio_ms=checkpoint["audio_ms"],
+    )
+
+
+def format_of(checkpoint: dict[str, Any]) -> AudioFormat:
+    return AudioFormat(
+        encoding=checkpoint["encoding"],
+        sample_rate=checkpoint["sample_rate"],
+        channels=checkpoint["channels"],
+        endpoint=checkpoint["endpoint"],
+        model=checkpoint["model"],
+        language=checkpoint["language"],
+    )
+
+
 @dataclass
 class _Open:
     session: Session
     partition: int
     runner: SessionRunner
+    opened_at: float
+    last_input_at: float
     task: asyncio.Task[None] | None = None
-    acks: list[Acks] = field(default_factory=list)
     last_seq: int = -1
+
+
+@dataclass
+class _Partition:
+    """Everything the worker keeps for one assigned input partition."""
+
+    tp: TopicPartition
+    watermark: PartitionWatermark
+    txn: PartitionTransactions
+    checkpoints: dict[str, dict[str, Any]]  # latest known state of every recorded session
+    committed: dict[str, dict[str, Any]]  # what stt.sessions holds, as of our last commit
+    dormant: dict[str, float] = field(default_factory=dict)  # open checkpoints not yet resumed: since
+    lagging: bool = False
+    paused: bool = False
+    blocked: bool = False  # waiting for a free session slot
+
+    @property
+    def live(self) -> bool:
+        return not (self.lagging or self.paused or self.blocked)
 
 
 @dataclass
@@ -58,18 +112,17 @@ class WorkerStats:
     dead_letters: int = 0
     duplicates: int = 0
     gaps: int = 0
+    replay_skipped: int = 0
     sessions_opened: int = 0
+    sessions_resumed: int = 0
+    reconnects: int = 0
+    transactions: int = 0
+    transaction_failures: int = 0
+    pauses: int = 0
     sessions_ended: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "records": self.records,
-            "dead_letters": self.dead_letters,
-            "duplicates": self.duplicates,
-            "gaps": self.gaps,
-            "sessions_opened": self.sessions_opened,
-            "sessions_ended": dict(self.sessions_ended),
-        }
+        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items()}
 
 
 class Worker:
@@ -80,35 +133,33 @@ class Worker:
             max_lead_ms=config.max_lead_ms,
             silence_budget_ms=config.silence_budget_ms,
             drain_deadline_s=config.drain_deadline_s,
+            replay_margin_ms=config.replay_margin_ms,
+            max_reconnects=config.max_reconnects,
         )
         self.stats = WorkerStats()
         self._open: dict[str, _Open] = {}
         self._completed: OrderedDict[str, int] = OrderedDict()
-        self._watermarks: dict[int, PartitionWatermark] = {}
-        self._committed: dict[int, int] = {}
-        self._lagging: dict[int, bool] = {}
+        self._parts: dict[int, _Partition] = {}
         self._consumer: AIOKafkaConsumer | None = None
-        self._publisher: Publisher | None = None
         self._topics = {"turns": config.turns_topic, "transcripts": config.transcripts_topic}
+        self._stopping = False
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         config = self.config
         await ensure_topics(config)
-        producer = AIOKafkaProducer(
-            bootstrap_servers=config.bootstrap_servers, enable_idempotence=True, acks="all", linger_ms=5
-        )
-        await producer.start()
-        self._publisher = Publisher(producer)
-        self._publisher.start()
         consumer = AIOKafkaConsumer(
-            config.audio_topic,
             bootstrap_servers=config.bootstrap_servers,
             group_id=config.group_id,
+            group_instance_id=config.group_instance_id or None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
+            session_timeout_ms=config.session_timeout_ms,
+            heartbeat_interval_ms=max(500, config.session_timeout_ms // 5),
+            rebalance_timeout_ms=int((config.revoke_grace_s + 30) * 1000),
+            max_poll_interval_ms=300_000,
         )
         self._consumer = consumer
         consumer.subscribe([config.audio_topic], listener=_Listener(self))
@@ -117,97 +168,148 @@ class Worker:
         committer = asyncio.create_task(self._commit_loop(stop), name="committer")
         try:
             while not stop.is_set():
-                if self._publisher.failed is not None:
-                    raise RuntimeError(f"publishing failed: {self._publisher.failed!r}")
+                if committer.done():
+                    committer.result()  # surfaces an unexpected failure of the commit loop
                 batch = await consumer.getmany(timeout_ms=100, max_records=500)
                 for tp, records in batch.items():
+                    part = self._parts.get(tp.partition)
+                    if part is None:
+                        # fetched before our assignment callback finished (or after revocation): not ours
+                        # to handle yet; read it again once the partition is set up
+                        if tp in consumer.assignment():
+                            consumer.seek(tp, records[0].offset)
+                        continue
                     for record in records:
-                        self._handle(tp, record)
-                self._update_lag()
+                        if not self._handle(part, record):
+                            break
+                self._update_flow()
         finally:
+            self._stopping = True
             committer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await committer
-            await self._abandon(list(self._open))
-            await self._publisher.stop()
-            with contextlib.suppress(Exception):
-                await self.commit()
+            started = time.monotonic()
+            await self._hand_off(list(self._parts))
+            log.info("handed off in %.2f s", time.monotonic() - started)
             await consumer.stop()
-            await producer.stop()
             log.info("worker stopped: %s", self.stats.as_dict())
 
     # -- input -----------------------------------------------------------------------------------
 
-    def _handle(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
-        self.stats.records += 1
-        metrics.RECORDS.inc()
-        watermark = self._watermarks.setdefault(tp.partition, PartitionWatermark(record.offset))
-        watermark.consumed(record.offset)
+    def _handle(self, part: _Partition, record: ConsumerRecord[bytes, bytes]) -> bool:
+        """Route one record; False if the partition had to stop at it (no free session slot)."""
         session_id: str | None = None
         try:
             message = parse(record.key, record.headers, record.value)
             session_id = message.session_id
             current = self._open.get(session_id)
             if current is None:
-                if session_id in self._completed:
-                    if message.seq <= self._completed[session_id]:
-                        self.stats.duplicates += 1
-                        return
-                    raise Rejected("after_end", f"session {session_id!r} already ended")
-                if message.type != "audio" or message.format is None:
-                    raise Rejected("no_session", f"a `{message.type}` record for a session that sent no audio")
-                current = self._open_session(session_id, message.format, tp.partition, record.offset)
-            if current.session.accept(message, time.monotonic()):
+                current = self._open_for(part, message, record.offset)
+                if current is None:
+                    if part.blocked:
+                        return False
+                    self._consumed(part, record.offset)
+                    return True
+            if current.session.accept(message, time.monotonic(), record.offset):
                 current.last_seq = max(current.last_seq, message.seq)
+                current.last_input_at = time.monotonic()
                 current.runner.notify()
             else:
                 self.stats.duplicates += 1
         except Rejected as rejected:
-            self._dead_letter(tp, record, rejected, session_id)
+            self._dead_letter(part, record, rejected, session_id)
+        self._consumed(part, record.offset)
+        return True
+
+    def _consumed(self, part: _Partition, offset: int) -> None:
+        self.stats.records += 1
+        metrics.RECORDS.inc()
+        part.watermark.consumed(offset)
+
+    def _open_for(self, part: _Partition, message: InputMessage, offset: int) -> _Open | None:
+        """The session a record opens or resumes, or None if the record is skipped (or blocked)."""
+        session_id = message.session_id
+        checkpoint = part.checkpoints.get(session_id)
+        if checkpoint is not None and checkpoint["status"] != "open":
+            if offset <= checkpoint["close_offset"]:
+                self.stats.replay_skipped += 1  # input of a session that already ended
+                return None
+            if message.seq < checkpoint["next_input_seq"]:
+                self.stats.duplicates += 1
+                return None
+            raise Rejected("after_end", f"session {session_id!r} already ended ({checkpoint['status']})")
+        if checkpoint is not None:
+            if offset < checkpoint["resume_offset"]:
+                self.stats.replay_skipped += 1  # transcribed before a restart
+                return None
+            if not self._slot_free(part, offset):
+                return None
+            part.dormant.pop(session_id, None)
+            self.stats.sessions_resumed += 1
+            return self._start_session(session_id, format_of(checkpoint), part, offset, resume_of(checkpoint))
+        if session_id in self._completed:
+            if message.seq <= self._completed[session_id]:
+                self.stats.duplicates += 1
+                return None
+            raise Rejected("after_end", f"session {session_id!r} already ended")
+        if message.type != "audio" or message.format is None:
+            raise Rejected("no_session", f"a `{message.type}` record for a session that sent no audio")
+        if not self._slot_free(part, offset):
+            return None
+        return self._start_session(session_id, message.format, part, offset, None)
+
+    def _slot_free(self, part: _Partition, offset: int) -> bool:
+        if len(self._open) < self.config.max_sessions:
+            return True
+        assert self._consumer is not None
+        self._consumer.seek(part.tp, offset)  # read this record again once a session slot frees up
+        self._consumer.pause(part.tp)
+        part.blocked = True
+        return False
 
     def _dead_letter(
-        self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], rejected: Rejected, session_id: str | None
+        self, part: _Partition, record: ConsumerRecord[bytes, bytes], rejected: Rejected, session_id: str | None
     ) -> None:
-        assert self._publisher is not None
         if session_id is None and record.key:
             with contextlib.suppress(UnicodeDecodeError):
                 session_id = record.key.decode("utf-8")
         self.stats.dead_letters += 1
         metrics.DEAD_LETTERS.labels(rejected.reason).inc()
-        log.warning("dead letter p%d@%d %s: %s", tp.partition, record.offset, rejected.reason, rejected.detail)
+        log.warning("dead letter p%d@%d %s: %s", part.tp.partition, record.offset, rejected.reason, rejected.detail)
         letter = dead_letter(
             rejected,
             session_id=session_id,
-            topic=tp.topic,
-            partition=tp.partition,
+            topic=part.tp.topic,
+            partition=part.tp.partition,
             offset=record.offset,
             timestamp=record.timestamp,
             headers=record.headers,
             value=record.value,
             at=wall_ms(),
         )
-        watermark = self._watermarks[tp.partition]
-        hold = ("dead-letter", record.offset)
-        watermark.hold(hold, record.offset)
-        acks = self._publisher.publish([(self.config.dead_letter_topic, session_id, letter)])
-        acks.done.add_done_callback(lambda f: None if f.exception() else watermark.release(hold))
+        part.txn.add([(self.config.dead_letter_topic, session_id, letter)])  # atomic with the offset
 
     # -- sessions --------------------------------------------------------------------------------
 
-    def _open_session(self, session_id: str, fmt: Any, partition: int, offset: int) -> _Open:
+    def _start_session(
+        self, session_id: str, fmt: AudioFormat, part: _Partition, offset: int, resume: Resume | None
+    ) -> _Open:
         config = self.config
-        session = Session(session_id, fmt, first_offset=offset, config=self.session_config, wall_ms=wall_ms)
+        session = Session(
+            session_id, fmt, first_offset=offset, config=self.session_config, wall_ms=wall_ms, resume=resume
+        )
         holder: list[_Open] = []
         runner = SessionRunner(
             session,
             connect=lambda: open_socket(config.stt_base_url, fmt, config.api_key, config.stt_version),
             emit=lambda outputs: self._emit(holder[0], outputs),
-            input_live=lambda: not self._lagging.get(partition, False) and not self._paused(partition),
+            input_live=lambda: part.live,
         )
-        current = _Open(session, partition, runner)
+        now = time.monotonic()
+        current = _Open(session, part.tp.partition, runner, now, now)
         holder.append(current)
         self._open[session_id] = current
-        self._watermarks[partition].hold(session_id, offset)
+        part.watermark.hold(session_id, session.resume_offset)
         self.stats.sessions_opened += 1
         metrics.OPEN_SESSIONS.inc()
         self._emit(current, session.take_outputs())
@@ -215,8 +317,10 @@ class Worker:
         return current
 
     def _emit(self, current: _Open, outputs: list[Output]) -> None:
-        assert self._publisher is not None
-        acks = self._publisher.publish([(self._topics[o.topic], o.key, o.record) for o in outputs])
+        part = self._parts.get(current.partition)
+        if part is None or not outputs:
+            return
+        acks = part.txn.add([(self._topics[o.topic], o.key, o.record) for o in outputs])
         emitted = time.monotonic()
 
         def observe(done: asyncio.Future[None]) -> None:
@@ -224,20 +328,29 @@ class Worker:
                 metrics.EVENT_TO_ACK_S.observe(time.monotonic() - emitted)
 
         acks.done.add_done_callback(observe)
-        current.acks = [a for a in current.acks if not a.done.done()]
-        current.acks.append(acks)
 
     async def _run_session(self, current: _Open) -> None:
         session = current.session
         try:
             await current.runner.run()
-            await asyncio.gather(*(a.done for a in current.acks))
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("session %s crashed; it stays held and will be replayed", session.session_id)
+            log.exception("session %s crashed; it stays held and is replayed after a restart", session.session_id)
             return
+        self._session_ended(current)
+
+    def _session_ended(self, current: _Open) -> None:
+        session = current.session
         status = session.status or "failed"
+        part = self._parts.get(current.partition)
+        if part is not None:
+            part.checkpoints[session.session_id] = session.checkpoint()
+            part.watermark.release(session.session_id)
+        self._open.pop(session.session_id, None)
+        self._completed[session.session_id] = current.last_seq
+        while len(self._completed) > COMPLETED_MEMORY:
+            self._completed.popitem(last=False)
         if session.close_sent_at is not None:
             metrics.CLOSE_TO_FINAL_S.observe(time.monotonic() - session.close_sent_at)
         metrics.SESSIONS_ENDED.labels(status).inc()
@@ -247,95 +360,205 @@ class Worker:
         self.stats.sessions_ended[status] = self.stats.sessions_ended.get(status, 0) + 1
         self.stats.duplicates += session.duplicates
         self.stats.gaps += session.gaps
-        self._open.pop(session.session_id, None)
-        self._completed[session.session_id] = current.last_seq
-        while len(self._completed) > COMPLETED_MEMORY:
-            self._completed.popitem(last=False)
-        watermark = self._watermarks.get(current.partition)
-        if watermark is not None:
-            watermark.release(session.session_id)
+        self.stats.reconnects += session.reconnects
         log.info(
-            "session %s ended %s: %.1f s sent (%.1f s silence fill), %s/%d Hz/%s",
+            "session %s ended %s: audio to %.1f s (%.1f s silence fill), %d reconnects, %s/%d Hz/%s",
             session.session_id,
             status,
             session.audio_ms / 1000,
             session.pacer.silence_ms_sent / 1000,
+            session.reconnects,
             session.format.encoding,
             session.format.sample_rate,
             session.format.endpoint,
         )
 
-    async def _abandon(self, session_ids: list[str]) -> None:
-        """Stop sessions without completing them: they stay held and are replayed by the next owner."""
-        tasks = []
-        for session_id in session_ids:
-            current = self._open.pop(session_id, None)
-            if current is not None and current.task is not None:
-                current.task.cancel()
-                tasks.append(current.task)
+    async def _cancel(self, sessions: list[_Open]) -> None:
+        tasks = [o.task for o in sessions if o.task is not None and not o.task.done()]
+        for task in tasks:
+            task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    # -- offsets and flow ------------------------------------------------------------------------
-
-    def _paused(self, partition: int) -> bool:
-        consumer = self._consumer
-        return consumer is not None and TopicPartition(self.config.audio_topic, partition) in consumer.paused()
-
-    def _update_lag(self) -> None:
-        assert self._consumer is not None
-        for tp in self._consumer.assignment():
-            highwater = self._consumer.highwater(tp)
-            watermark = self._watermarks.get(tp.partition)
-            if highwater is None or watermark is None:
+    def _guards(self, now: float) -> None:
+        """End sessions whose producer went silent or that ran too long: they would pin the watermark."""
+        config = self.config
+        for current in list(self._open.values()):
+            session = current.session
+            if session.ended or session.phase != "streaming":
                 continue
-            self._lagging[tp.partition] = highwater - watermark.position > self.config.lag_threshold
+            if now - current.last_input_at > config.session_idle_timeout_s:
+                session.truncate("idle_timeout", f"no input for {config.session_idle_timeout_s:g} s (lost `end`?)")
+            elif now - current.opened_at > config.session_max_s:
+                session.truncate("max_duration", f"session exceeded {config.session_max_s:g} s")
+            else:
+                continue
+            current.runner.notify()
+        for part in self._parts.values():
+            for session_id, since in list(part.dormant.items()):
+                if now - since <= config.session_idle_timeout_s or session_id in self._open:
+                    continue
+                del part.dormant[session_id]
+                checkpoint = part.checkpoints[session_id]
+                session = Session(
+                    session_id,
+                    format_of(checkpoint),
+                    first_offset=checkpoint["resume_offset"],
+                    config=self.session_config,
+                    wall_ms=wall_ms,
+                    resume=resume_of(checkpoint),
+                )
+                session.truncate("idle_timeout", "no input after a restart (lost `end`?)")
+                part.txn.add([(self._topics[o.topic], o.key, o.record) for o in session.take_outputs()])
+                part.checkpoints[session_id] = session.checkpoint()
+                part.watermark.release(session_id)
+
+    # -- transactions, flow, rebalancing ---------------------------------------------------------
+
+    def _build(self, part: _Partition) -> tuple[int, Extra]:
+        """The partition's next commit, computed synchronously: offset and changed checkpoints."""
+        topic = self.config.sessions_topic
+        for session_id, current in self._open.items():
+            if current.partition == part.tp.partition:
+                part.watermark.hold(session_id, current.session.resume_offset)
+                part.checkpoints[session_id] = current.session.checkpoint()
+        offset = part.watermark.committable()
+        extra: Extra = []
+        for session_id, checkpoint in list(part.checkpoints.items()):
+            committed = part.committed.get(session_id)
+            finished = checkpoint["status"] != "open"
+            if finished and _same(committed, checkpoint) and checkpoint["close_offset"] < offset:
+                extra.append((topic, session_id, None))  # the watermark passed it: forget the session
+            elif not _same(committed, checkpoint):
+                extra.append((topic, session_id, checkpoint))
+        return offset, extra
+
+    async def _commit(self, part: _Partition) -> bool:
+        try:
+            done = await part.txn.commit(lambda: self._build(part))
+        except Fenced:
+            log.error("partition %d was fenced by another worker; dropping it", part.tp.partition)
+            await self._drop(part.tp.partition)
+            return False
+        if done is None:
+            self.stats.transaction_failures += 1
+            return False
+        self.stats.transactions = sum(p.txn.transactions for p in self._parts.values())
+        for _, session_id, checkpoint in done:
+            if checkpoint is None:
+                part.committed.pop(session_id, None)
+                part.checkpoints.pop(session_id, None)
+            else:
+                part.committed[session_id] = dict(checkpoint)
+        return True
 
     async def _commit_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await asyncio.sleep(self.config.commit_interval_ms / 1000.0)
-            try:
-                await self.commit()
-            except Exception:
-                log.exception("offset commit failed; will retry")
+            self._guards(time.monotonic())
+            for part in list(self._parts.values()):
+                await self._commit(part)
 
-    async def commit(self, partitions: list[int] | None = None) -> None:
-        """Commit each partition's watermark if it advanced."""
+    async def commit(self) -> None:
+        """Commit every partition now (tests and shutdown)."""
+        for part in list(self._parts.values()):
+            await self._commit(part)
+
+    def _update_flow(self) -> None:
+        """Pause partitions whose sessions buffer too much audio; resume them when it drains."""
         consumer = self._consumer
-        if consumer is None:
-            return
-        offsets = {}
-        for partition in partitions if partitions is not None else list(self._watermarks):
-            watermark = self._watermarks.get(partition)
-            if watermark is None:
-                continue
-            offset = watermark.committable()
-            if offset > self._committed.get(partition, -1):
-                offsets[TopicPartition(self.config.audio_topic, partition)] = OffsetAndMetadata(offset, "")
-        if offsets:
-            await consumer.commit(offsets)
-            for tp, meta in offsets.items():
-                self._committed[tp.partition] = meta.offset
+        assert consumer is not None
+        queued: dict[int, int] = {}
+        for current in self._open.values():
+            queued[current.partition] = queued.get(current.partition, 0) + current.session.pacer.queued_bytes
+        for partition, part in self._parts.items():
+            highwater = consumer.highwater(part.tp)
+            part.lagging = highwater is not None and highwater - part.watermark.position > self.config.lag_threshold
+            buffered = queued.get(partition, 0)
+            if not part.paused and buffered > self.config.pause_high_bytes:
+                consumer.pause(part.tp)
+                part.paused = True
+                self.stats.pauses += 1
+                log.info("paused p%d: %d bytes buffered", partition, buffered)
+            elif part.paused and buffered < self.config.pause_low_bytes:
+                part.paused = False
+                if not part.blocked:
+                    consumer.resume(part.tp)
+                log.info("resumed p%d: %d bytes buffered", partition, buffered)
+            if part.blocked and len(self._open) < self.config.max_sessions:
+                part.blocked = False
+                if not part.paused:
+                    consumer.resume(part.tp)
 
     async def on_assigned(self, partitions: set[TopicPartition]) -> None:
-        assert self._consumer is not None
-        for tp in partitions:
-            position = await self._consumer.position(tp)
-            self._watermarks[tp.partition] = PartitionWatermark(position)
-            self._committed[tp.partition] = position
-        log.info("assigned %s", sorted(tp.partition for tp in partitions))
+        consumer = self._consumer
+        assert consumer is not None
+        config = self.config
+        new = sorted(tp.partition for tp in partitions if tp.partition not in self._parts)
+        txns = {}
+        for partition in new:  # fence the previous owners first: their open transactions end now
+            tp = TopicPartition(config.audio_topic, partition)
+            txns[partition] = PartitionTransactions(config.bootstrap_servers, config.group_id, tp)
+            await txns[partition].start()
+        loaded = await load_checkpoints(config.bootstrap_servers, config.sessions_topic, new)
+        now = time.monotonic()
+        for partition in new:
+            tp = TopicPartition(config.audio_topic, partition)
+            position = await consumer.position(tp)
+            checkpoints = loaded[partition]
+            part = _Partition(tp, PartitionWatermark(position), txns[partition], checkpoints, dict(checkpoints))
+            part.txn.committed_offset = position
+            for session_id, checkpoint in part.checkpoints.items():
+                if checkpoint["status"] == "open":
+                    part.watermark.hold(session_id, checkpoint["resume_offset"])
+                    part.dormant[session_id] = now
+            self._parts[partition] = part
+        log.info("assigned %s (%d checkpoints)", new, sum(len(loaded[p]) for p in new))
 
     async def on_revoked(self, partitions: set[TopicPartition]) -> None:
-        revoked = {tp.partition for tp in partitions}
-        with contextlib.suppress(Exception):
-            await self.commit(sorted(revoked))
-        await self._abandon([sid for sid, o in self._open.items() if o.partition in revoked])
-        for partition in revoked:
-            self._watermarks.pop(partition, None)
-            self._committed.pop(partition, None)
-            self._lagging.pop(partition, None)
-        log.info("revoked %s", sorted(revoked))
+        await self._hand_off(sorted(tp.partition for tp in partitions))
+
+    async def _hand_off(self, partitions: list[int]) -> None:
+        """Pause, let in-flight drains finish within the grace period, commit everything, close sockets."""
+        consumer = self._consumer
+        parts = [self._parts[p] for p in partitions if p in self._parts]
+        if not parts:
+            return
+        if consumer is not None:
+            with contextlib.suppress(Exception):
+                consumer.pause(*(part.tp for part in parts))
+        owned = {part.tp.partition for part in parts}
+        deadline = time.monotonic() + self.config.revoke_grace_s
+        while time.monotonic() < deadline:
+            draining = [o for o in self._open.values() if o.partition in owned and o.session.phase != "streaming"]
+            if not draining:
+                break
+            await asyncio.sleep(0.05)
+        leaving = [o for o in self._open.values() if o.partition in owned]
+        await self._cancel(leaving)
+        for part in parts:
+            with contextlib.suppress(Exception):
+                for _ in range(3):
+                    if await self._commit(part):
+                        break
+        for current in leaving:
+            self._open.pop(current.session.session_id, None)
+            metrics.OPEN_SESSIONS.dec()
+        for part in parts:
+            await part.txn.stop()
+            self._parts.pop(part.tp.partition, None)
+        log.info("handed off partitions %s (%d open sessions checkpointed)", sorted(owned), len(leaving))
+
+    async def _drop(self, partition: int) -> None:
+        """The partition is lost (fenced): stop its sessions without committing anything."""
+        part = self._parts.pop(partition, None)
+        leaving = [o for o in self._open.values() if o.partition == partition]
+        await self._cancel(leaving)
+        for current in leaving:
+            self._open.pop(current.session.session_id, None)
+        if part is not None:
+            await part.txn.stop()
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

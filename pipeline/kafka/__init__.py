@@ -1,1 +1,1 @@
-"""The Kafka edge: topic setup and the output publisher (aiokafka)."""
+"""The Kafka edge: topic setup, per-partition transactions, checkpoint loading (aiokafka)."""

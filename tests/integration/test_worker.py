@@ -75,7 +75,7 @@ class WorkerHarness:
     async def start(self) -> Worker:
         self._task = asyncio.create_task(self.worker.run(self._stop))
         for _ in range(300):  # until partitions are assigned
-            if self.worker._watermarks or self._task.done():
+            if self.worker._parts or self._task.done():
                 break
             await asyncio.sleep(0.05)
         assert not self._task.done(), self._task.exception()
@@ -364,10 +364,10 @@ async def test_worker_commits_only_past_finished_work(
     await read_topic(kafka_bootstrap, config.transcripts_topic, until=sessions_ended(2))
     for _ in range(100):
         await worker.commit()
-        if await consumer.committed(tp) == worker._watermarks[tp.partition].position:
+        if await consumer.committed(tp) == worker._parts[tp.partition].watermark.position:
             break
         await asyncio.sleep(0.1)
-    assert await consumer.committed(tp) == worker._watermarks[tp.partition].position
+    assert await consumer.committed(tp) == worker._parts[tp.partition].watermark.position
 
 
 def test_config_repr_hides_the_api_key() -> None:

@@ -84,6 +84,12 @@ VALID_CHECKPOINT: dict[str, Any] = {
     "encoding": "pcm_mulaw",
     "sample_rate": 8000,
     "at": AT,
+    "next_input_seq": 400,
+    "next_transcript_seq": 3,
+    "transcript": "Hello there. How are you?",
+    "channels": 1,
+    "model": "ink-2",
+    "language": None,
 }
 VALID_AUDIO_HEADERS: list[dict[str, str]] = [
     {"type": "audio", "seq": "0", "encoding": "pcm_s16le", "sample_rate": "16000"},

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from pipeline.records import AudioFormat, InputMessage, Rejected
 from pipeline.schemas import validate
-from pipeline.session import Output, Session, SessionConfig
+from pipeline.session import Output, Resume, Session, SessionConfig
 
 S16 = AudioFormat("pcm_s16le", 16000)
 FRAME = 3200  # 100 ms of s16 at 16 kHz
@@ -190,13 +190,20 @@ def test_provider_4xx_error_fails_the_session() -> None:
     assert session.poll(10.0, input_live=True) == []
 
 
-def test_abnormal_close_before_drain_fails_with_retryable_error() -> None:
+def test_abnormal_close_before_drain_asks_for_a_reconnect() -> None:
     session = make()
     session.take_outputs()
     session.on_closed(None)
-    error, end = records(session.take_outputs())
+    (error,) = records(session.take_outputs())
     assert error["error"]["error_code"] == "stt_closed" and error["error"]["retryable"]  # type: ignore[index]
-    assert end["status"] == "failed"
+    assert session.needs_reconnect and not session.ended
+    assert session.poll(1.0, input_live=True) == []  # nothing is sent on a dead connection
+
+
+def test_policy_close_fails() -> None:
+    session = make()
+    session.on_closed(1008, "bad")
+    assert session.status == "failed"
 
 
 def test_manual_close_needs_done_to_be_complete() -> None:
@@ -243,3 +250,126 @@ def test_session_transcript_is_the_verbatim_concatenation_of_turns(texts: list[s
     transcripts = records(session.take_outputs(), "transcripts")
     assert [r["transcript"] for r in transcripts[:-1]] == texts
     assert transcripts[-1]["transcript"] == "".join(texts)
+
+
+# -- recovery ----------------------------------------------------------------------------------
+
+
+def feed_turn(session: Session, text: str, first: bool = False) -> None:
+    events = [{"type": "turn.start"}, {"type": "turn.end", "transcript": text}]
+    for message in auto_events(*([{"type": "connected"}] if first else []), *events):
+        session.on_message(message)
+
+
+def test_auto_turn_end_releases_held_audio_up_to_the_margin() -> None:
+    session = make(replay_margin_ms=400)
+    for seq in range(10):  # ten 100 ms chunks at offsets 100..109
+        session.accept(audio(seq, bytes([seq + 1, 0]) * 1600), 0.0, offset=100 + seq)
+    assert session.resume_offset == 100
+    drive(session, 2.0)
+    assert session.audio_ms == 1000
+    feed_turn(session, "Hi", first=True)  # arrives after 1000 ms sent: keep from 600 ms on
+    assert session.resume_offset == 106
+    assert session.held_bytes == 4 * 3200
+
+
+def test_manual_turn_releases_through_its_finalize() -> None:
+    fmt = AudioFormat("pcm_s16le", 16000, endpoint="manual")
+    session = make(fmt)
+    session.accept(audio(0, b"\1\0" * 1600, fmt), 0.0, offset=10)
+    session.accept(control(1, "finalize"), 0.0, offset=11)
+    session.accept(audio(2, b"\2\0" * 1600, fmt), 0.0, offset=12)
+    assert drive(session, 0.3) == [b"\1\0" * 1600, "finalize", b"\2\0" * 1600]
+    for message in [
+        '{"type":"transcript","is_final":true,"text":"One","request_id":"r"}',
+        '{"type":"flush_done","request_id":"r"}',
+    ]:
+        session.on_message(message)
+    assert session.resume_offset == 12  # exactly after the finalize: no margin
+
+
+def test_reconnect_replays_the_audio_since_the_last_final_turn() -> None:
+    session = make(replay_margin_ms=0)
+    for seq in range(4):
+        session.accept(audio(seq, bytes([seq + 1, 0]) * 1600), 0.0, offset=seq)
+    drive(session, 0.2)  # two or three frames out
+    feed_turn(session, "Zero", first=True)
+    kept = session.resume_offset
+    session.on_closed(None)
+    session.take_outputs()
+    session.reconnect()
+    assert not session.needs_reconnect and session.reconnects == 1
+    replayed = [x for x in drive(session, 1.0, start=10.0) if isinstance(x, bytes)]
+    assert replayed == [bytes([k + 1, 0]) * 1600 for k in range(kept, 4)]
+    session.accept(control(4, "end"), 11.0, offset=4)
+    assert drive(session, 11.5, start=11.0)[-1] == '{"type":"close"}'
+    for message in auto_events({"type": "turn.start"}, {"type": "turn.end", "transcript": "One"}):
+        session.on_message(message)  # the new connection's first text has no leading space
+    session.on_closed(1000)
+    transcripts = records(session.take_outputs(), "transcripts")
+    assert [(r["kind"], r["turn"], r["transcript"]) for r in transcripts] == [
+        ("turn", 1, " One"),  # the seam gets the separator the provider would have sent
+        ("session", 2, "Zero One"),
+    ]
+
+
+def test_5xx_error_reconnects_4xx_fails_and_reconnects_are_bounded() -> None:
+    session = make(max_reconnects=1)
+    session.on_message(orjson.dumps({"type": "error", "status_code": 503, "title": "t", "message": "m"}))
+    assert session.needs_reconnect and not session.ended
+    session.reconnect()
+    session.on_message(orjson.dumps({"type": "error", "status_code": 500, "title": "t", "message": "m"}))
+    session.reconnect()
+    assert session.status == "failed"
+    assert records(session.take_outputs())[-2]["error"]["error_code"] == "stt_gave_up"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("status", "retry"), [(None, True), (503, True), (429, True), (401, False), (400, False)])
+def test_connect_failures(status: int | None, retry: bool) -> None:
+    session = make()
+    session.connect_failed(status, "nope")
+    assert session.needs_reconnect is retry
+    assert session.ended is not retry
+
+
+def test_checkpoint_and_resume_continue_numbering_without_a_second_start() -> None:
+    session = make(replay_margin_ms=0)
+    session.accept(audio(0, b"\1\0" * 1600), 0.0, offset=7)
+    session.accept(audio(1, b"\2\0" * 1600), 0.0, offset=8)
+    drive(session, 0.15)
+    feed_turn(session, "First.", first=True)
+    checkpoint = session.checkpoint()
+    validate("checkpoint", checkpoint)
+    assert checkpoint["status"] == "open" and checkpoint["transcript"] == "First."
+    assert {**session.checkpoint(), "at": 0} == {**checkpoint, "at": 0}  # a pure read
+    resumed = Session(
+        "s1",
+        S16,
+        first_offset=checkpoint["resume_offset"],
+        config=SessionConfig(),
+        wall_ms=lambda: 1,
+        resume=Resume(
+            next_seq=checkpoint["next_seq"],
+            next_turn=checkpoint["next_turn"],
+            next_transcript_seq=checkpoint["next_transcript_seq"],
+            transcript=checkpoint["transcript"],
+            next_input_seq=checkpoint["next_input_seq"],
+            audio_ms=checkpoint["audio_ms"],
+        ),
+    )
+    assert resumed.take_outputs() == []  # no second session.start
+    assert not resumed.accept(audio(checkpoint["next_input_seq"] - 1, b"\0\0"), 0.0)  # below: duplicate
+    resumed.accept(control(checkpoint["next_input_seq"], "end"), 0.0, offset=checkpoint["resume_offset"])
+    resumed.poll(0.0, input_live=True)
+    for message in auto_events({"type": "turn.start"}, {"type": "turn.end", "transcript": "Second."}):
+        resumed.on_message(message)
+    resumed.on_closed(1000)
+    out = resumed.take_outputs()
+    turns = records(out)
+    assert [r["type"] for r in turns] == ["turn.start", "turn.end", "session.end"]
+    assert [r["seq"] for r in turns] == list(range(checkpoint["next_seq"], checkpoint["next_seq"] + 3))
+    final = records(out, "transcripts")[-1]
+    assert final["transcript"] == "First. Second." and final["turn"] == 2
+    assert final["seq"] == checkpoint["next_transcript_seq"] + 1
+    done = resumed.checkpoint()
+    assert done["status"] == "complete" and done["close_offset"] == checkpoint["resume_offset"]

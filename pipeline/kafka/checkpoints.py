@@ -1,0 +1,57 @@
+"""Reading `stt.sessions`: the latest checkpoint of every session of the given partitions.
+
+`stt.sessions` is compacted and partitioned like `stt.audio`, so a worker that is assigned input
+partition *p* reads partition *p* of `stt.sessions` from the beginning to its end (``read_committed``:
+only checkpoints whose transaction committed) before it consumes *p*. A tombstone removes a session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+
+async def load_checkpoints(
+    bootstrap_servers: str, topic: str, partitions: list[int], timeout_s: float = 60.0
+) -> dict[int, dict[str, dict[str, Any]]]:
+    """``{partition: {session_id: checkpoint}}`` as of the end of each partition."""
+    result: dict[int, dict[str, dict[str, Any]]] = {p: {} for p in partitions}
+    if not partitions:
+        return result
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        async with asyncio.timeout(timeout_s):
+            remaining = {tp for tp in tps if ends[tp] > 0}
+            while remaining:
+                for tp in list(remaining):
+                    if await consumer.position(tp) >= ends[tp]:
+                        remaining.discard(tp)
+                if not remaining:
+                    break
+                batch = await consumer.getmany(*remaining, timeout_ms=200)
+                for tp, records in batch.items():
+                    sessions = result[tp.partition]
+                    for record in records:
+                        if record.key is None:
+                            continue
+                        key = record.key.decode("utf-8", "replace")
+                        if record.value is None:
+                            sessions.pop(key, None)
+                        else:
+                            sessions[key] = orjson.loads(record.value)
+    finally:
+        await consumer.stop()
+    return result
