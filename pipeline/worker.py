@@ -42,6 +42,9 @@ from pipeline.stt.client import open_socket
 
 log = logging.getLogger("pipeline.worker")
 COMPLETED_MEMORY = 100_000
+# No fetch response for a partition this long (idle fetches answer every ~500 ms): Kafka is unreachable,
+# so a quiet partition is not a quiet speaker and no silence may be filled.
+FETCH_SILENCE_MS = 1500
 
 
 def wall_ms() -> int:
@@ -472,9 +475,13 @@ class Worker:
         queued: dict[int, int] = {}
         for current in self._open.values():
             queued[current.partition] = queued.get(current.partition, 0) + current.session.pacer.queued_bytes
+        now_ms = time.time() * 1000
         for partition, part in self._parts.items():
             highwater = consumer.highwater(part.tp)
-            part.lagging = highwater is not None and highwater - part.watermark.position > self.config.lag_threshold
+            polled = consumer.last_poll_timestamp(part.tp)
+            behind = highwater is not None and highwater - part.watermark.position > self.config.lag_threshold
+            silent_broker = polled is not None and now_ms - polled > FETCH_SILENCE_MS
+            part.lagging = behind or silent_broker
             buffered = queued.get(partition, 0)
             if not part.paused and buffered > self.config.pause_high_bytes:
                 consumer.pause(part.tp)

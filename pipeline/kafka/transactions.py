@@ -122,8 +122,9 @@ class PartitionTransactions:
             self._pending = []
             for topic, key, record in extra:
                 batch.append((topic, key.encode(), None if record is None else orjson.dumps(record), None))
+            extras = len(extra)
             try:
-                await self._run(batch, offset if advance else None)
+                await self._run(batch, offset if advance else None, extras)
             except ProducerFenced as exc:
                 error = Fenced(f"{self.transactional_id} was fenced by a newer owner")
                 for *_, acks in batch:
@@ -145,7 +146,9 @@ class PartitionTransactions:
                     acks._ack(None)
             return extra
 
-    async def _run(self, batch: list[Queued], offset: int | None) -> None:
+    async def _run(self, batch: list[Queued], offset: int | None, extras: int) -> None:
+        """Send ``batch`` in one transaction; its last ``extras`` records (checkpoints) go to the
+        input partition's number, so each `stt.sessions` partition has exactly one writer."""
         producer = self._producer
         if producer is None:
             await self.start()
@@ -153,7 +156,13 @@ class PartitionTransactions:
             assert producer is not None
         await producer.begin_transaction()
         try:
-            futures = [await producer.send(topic, value=value, key=key) for topic, key, value, _ in batch]
+            first_extra = len(batch) - extras
+            futures = [
+                await producer.send(
+                    topic, value=value, key=key, partition=self.input_tp.partition if i >= first_extra else None
+                )
+                for i, (topic, key, value, _) in enumerate(batch)
+            ]
             if offset is not None:
                 await producer.send_offsets_to_transaction({self.input_tp: offset}, self.group_id)
             if futures:

@@ -1,0 +1,87 @@
+"""Real worker processes for fault tests: start, SIGTERM, kill -9, and peak memory from /proc."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.config import SETTINGS, WorkerConfig
+
+STT_PIPELINE = str(Path(sys.executable).with_name("stt-pipeline"))
+
+
+def config_env(config: WorkerConfig) -> dict[str, str]:
+    """The environment that makes a worker process use ``config``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STT_", "KAFKA_", "CARTESIA_"))}
+    for name, setting in SETTINGS.items():
+        value = getattr(config, name)
+        env[setting.env] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
+
+
+def peak_rss_kib(pid: int) -> int:
+    """VmHWM: the process's peak resident set so far, in KiB (0 if it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+@dataclass
+class WorkerProcess:
+    config: WorkerConfig
+    log_path: Path
+    instance_id: str
+    proc: subprocess.Popen[bytes] | None = None
+    peak_rss: int = 0
+    exits: list[int] = field(default_factory=list)
+
+    def start(self) -> WorkerProcess:
+        env = config_env(self.config)
+        env["STT_GROUP_INSTANCE_ID"] = self.instance_id
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [STT_PIPELINE, "--log-level", "INFO", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def sample(self) -> None:
+        if self.alive:
+            assert self.proc is not None
+            self.peak_rss = max(self.peak_rss, peak_rss_kib(self.proc.pid))
+
+    def kill(self) -> None:
+        """kill -9: no hand-off, no last commit."""
+        if self.alive:
+            assert self.proc is not None
+            self.sample()
+            self.proc.send_signal(signal.SIGKILL)
+            self.exits.append(self.proc.wait(30))
+
+    def terminate(self, timeout: float = 60.0) -> float:
+        """SIGTERM and wait; returns how long the worker took to exit."""
+        assert self.proc is not None
+        self.sample()
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        self.exits.append(self.proc.wait(timeout))
+        return time.monotonic() - started
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
