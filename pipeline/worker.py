@@ -145,7 +145,6 @@ class Worker:
         self._parts: dict[int, _Partition] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._topics = {"turns": config.turns_topic, "transcripts": config.transcripts_topic}
-        self._stopping = False
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -187,9 +186,8 @@ class Worker:
                             break
                 self._update_flow()
         finally:
-            self._stopping = True
-            committer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            stop.set()  # the commit loop finishes its current transaction and returns; never cancel it
+            with contextlib.suppress(Exception):
                 await committer
             started = time.monotonic()
             await self._hand_off(list(self._parts))
@@ -325,10 +323,15 @@ class Worker:
             return
         acks = part.txn.add([(self._topics[o.topic], o.key, o.record) for o in outputs])
         emitted = time.monotonic()
+        session = current.session
+        final = session.ended
 
         def observe(done: asyncio.Future[None]) -> None:
             if not done.cancelled() and done.exception() is None:
-                metrics.EVENT_TO_ACK_S.observe(time.monotonic() - emitted)
+                now = time.monotonic()
+                metrics.EVENT_TO_ACK_S.observe(now - emitted)
+                if final and session.close_sent_at is not None:
+                    metrics.CLOSE_TO_FINAL_S.observe(now - session.close_sent_at)
 
         acks.done.add_done_callback(observe)
 
@@ -354,8 +357,6 @@ class Worker:
         self._completed[session.session_id] = current.last_seq
         while len(self._completed) > COMPLETED_MEMORY:
             self._completed.popitem(last=False)
-        if session.close_sent_at is not None:
-            metrics.CLOSE_TO_FINAL_S.observe(time.monotonic() - session.close_sent_at)
         metrics.SESSIONS_ENDED.labels(status).inc()
         metrics.OPEN_SESSIONS.dec()
         metrics.AUDIO_SENT_S.inc(session.audio_ms / 1000)
@@ -458,7 +459,10 @@ class Worker:
 
     async def _commit_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            await asyncio.sleep(self.config.commit_interval_ms / 1000.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.config.commit_interval_ms / 1000.0)
+            if stop.is_set():
+                return
             self._guards(time.monotonic())
             for part in list(self._parts.values()):
                 await self._commit(part)

@@ -81,14 +81,20 @@ class FaultPlan:
         self._random = None
 
     def assign(self, endpoint: Endpoint) -> ConnectionFaults:
-        """Faults for a connection opening now on ``endpoint``; consumes one use of each matching rule."""
+        """Faults for a connection opening now on ``endpoint``.
+
+        Rules queue up: the connection takes the first matching rule of each kind (consuming one of
+        its uses), so N single-use rules of a kind hit the next N connections.
+        """
         self._ordinal += 1
         drop_at = error_at = None
         status = 503
         delay = 0.0
+        taken: set[FaultKind] = set()
         for rule in self._rules:
-            if rule.endpoint not in (None, endpoint) or rule.connections == 0:
+            if rule.endpoint not in (None, endpoint) or rule.connections == 0 or rule.kind in taken:
                 continue
+            taken.add(rule.kind)
             if rule.connections is not None:
                 rule.connections -= 1
             if rule.kind == "drop":

@@ -131,12 +131,16 @@ class PartitionTransactions:
                     if acks is not None:
                         acks._ack(error)
                 raise error from exc
-            except Exception as exc:
+            except BaseException as exc:
+                # Outputs must never be lost: whatever stopped this transaction (broker trouble, or a
+                # cancellation), its records go back to the front of the queue. Checkpoints are rebuilt
+                # by the next commit.
+                self._pending = [q for q in batch if q[3] is not None] + self._pending
+                if not isinstance(exc, Exception):
+                    raise
                 self.failures += 1
                 log.warning("transaction on %s failed (%r); will retry", self.transactional_id, exc)
                 await self._recover()
-                # checkpoints are recomputed next time; outputs must not be lost
-                self._pending = [q for q in batch if q[3] is not None] + self._pending
                 return None
             self.transactions += 1
             if advance:

@@ -29,9 +29,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pipeline.audio import Encoding
 from pipeline.config import WorkerConfig
 from pipeline.emulator.engines.tones import synthesize
+from pipeline.emulator.faults import Fault
 from pipeline.kafka.topics import ensure_topics
 from pipeline.schemas import validate
 from tests.support.emulator import EmulatorThread, running_emulator
+from tests.support.kafka import KafkaBroker
 from tests.support.workers import WorkerProcess
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults]
@@ -226,8 +228,14 @@ def make_config(bootstrap: str, emulator: EmulatorThread, **overrides: Any) -> W
 
 
 @contextlib.asynccontextmanager
-async def workers(config: WorkerConfig, tmp_path: Path, names: list[str]) -> AsyncIterator[dict[str, WorkerProcess]]:
-    procs = {name: WorkerProcess(config, tmp_path / f"{name}.log", name).start() for name in names}
+async def workers(
+    config: WorkerConfig, tmp_path: Path, names: list[str], started: list[str] | None = None
+) -> AsyncIterator[dict[str, WorkerProcess]]:
+    """Worker processes (static members named ``names``); those in ``started`` (default all) run now."""
+    await asyncio.to_thread(tmp_path.mkdir, parents=True, exist_ok=True)
+    procs = {name: WorkerProcess(config, tmp_path / f"{name}.log", name) for name in names}
+    for name in names if started is None else started:
+        procs[name].start()
     sampler_stop = asyncio.Event()
 
     async def sample() -> None:
@@ -271,10 +279,8 @@ async def test_kill_9_and_restart_loses_and_duplicates_no_final(
         await ensure_topics(config)
         plan = Plan.make(20, rng)
         before = len(emulator.stats()["sessions"])
-        logs = tmp_path / f"kill-{seed}"
-        logs.mkdir()
         async with Collector(kafka_bootstrap, config.transcripts_topic) as collector, workers(
-            config, logs, ["w1"]
+            config, tmp_path / f"kill-{seed}", ["w1"]
         ) as procs:
             producing = asyncio.create_task(stream(kafka_bootstrap, config.audio_topic, plan))
             await asyncio.sleep(rng.uniform(2.0, 6.0))
@@ -299,4 +305,236 @@ async def test_kill_9_and_restart_loses_and_duplicates_no_final(
         finals_duplicated=0,
         worst_recovery_s=round(worst_recovery, 2),
         peak_rss_mib=round(peak / 1024, 1),
+    )
+
+
+# -- 2. scale 1 → 3 → 2 ------------------------------------------------------------------------
+
+
+async def test_scale_out_and_in_while_streaming(kafka_bootstrap: str, emulator: EmulatorThread, tmp_path: Path) -> None:
+    totals = Outcome()
+    worst_recovery = 0.0
+    peak = 0
+    for seed in SEEDS:
+        rng = random.Random(100 + seed)
+        config = make_config(kafka_bootstrap, emulator)
+        await ensure_topics(config)
+        plan = Plan.make(20, rng)
+        before = len(emulator.stats()["sessions"])
+        async with Collector(kafka_bootstrap, config.transcripts_topic) as collector, workers(
+            config, tmp_path / f"scale-{seed}", ["w1", "w2", "w3"], started=["w1"]
+        ) as procs:
+            producing = asyncio.create_task(stream(kafka_bootstrap, config.audio_topic, plan))
+            await asyncio.sleep(rng.uniform(1.0, 3.0))
+            procs["w2"].start()
+            procs["w3"].start()
+            await asyncio.sleep(rng.uniform(3.0, 5.0))
+            stopped_at = time.monotonic()
+            procs["w3"].terminate()
+            await producing
+            await collector.wait_sessions(len(plan.sessions), 120)
+            outcome = check(plan, collector)
+            worst_recovery = max(worst_recovery, collector.first_output_after(stopped_at) or 0.0)
+        peak = max(peak, *(p.peak_rss for p in procs.values()))
+        assert outcome.lost == outcome.duplicated == 0 and not outcome.wrong, explain(outcome, procs)
+        assert overloads_since(emulator, before) == 0
+        totals.expected += outcome.expected
+    report(
+        "scale 1-3-2",
+        trials=len(SEEDS),
+        finals_expected=totals.expected,
+        finals_lost=0,
+        finals_duplicated=0,
+        worst_recovery_s=round(worst_recovery, 2),
+        peak_rss_mib=round(peak / 1024, 1),
+    )
+
+
+# -- 3. SIGTERM hand-off -----------------------------------------------------------------------
+
+
+async def test_sigterm_hands_off_within_the_deadline(
+    kafka_bootstrap: str, emulator: EmulatorThread, tmp_path: Path
+) -> None:
+    totals = Outcome()
+    worst_exit = worst_recovery = 0.0
+    peak = 0
+    for seed in SEEDS:
+        rng = random.Random(200 + seed)
+        config = make_config(kafka_bootstrap, emulator)
+        deadline = config.revoke_grace_s + 15.0  # documented: grace for drains + the last transaction
+        await ensure_topics(config)
+        plan = Plan.make(16, rng)
+        async with Collector(kafka_bootstrap, config.transcripts_topic) as collector, workers(
+            config, tmp_path / f"term-{seed}", ["w1", "w2"]
+        ) as procs:
+            producing = asyncio.create_task(stream(kafka_bootstrap, config.audio_topic, plan))
+            await asyncio.sleep(rng.uniform(2.0, 5.0))
+            stopped_at = time.monotonic()
+            exit_s = await asyncio.to_thread(procs["w1"].terminate, deadline + 30)
+            await producing
+            await collector.wait_sessions(len(plan.sessions), 120)
+            outcome = check(plan, collector)
+            worst_recovery = max(worst_recovery, collector.first_output_after(stopped_at) or 0.0)
+        worst_exit = max(worst_exit, exit_s)
+        peak = max(peak, *(p.peak_rss for p in procs.values()))
+        assert procs["w1"].exits[-1] == 0, procs["w1"].log_tail()
+        assert exit_s <= deadline, f"SIGTERM took {exit_s:.1f} s (deadline {deadline:.0f} s)"
+        assert outcome.lost == outcome.duplicated == 0 and not outcome.wrong, explain(outcome, procs)
+        totals.expected += outcome.expected
+    report(
+        "SIGTERM",
+        trials=len(SEEDS),
+        finals_expected=totals.expected,
+        finals_lost=0,
+        finals_duplicated=0,
+        worst_exit_s=round(worst_exit, 2),
+        worst_recovery_s=round(worst_recovery, 2),
+        peak_rss_mib=round(peak / 1024, 1),
+    )
+
+
+# -- 4. STT faults -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["drop", "5xx"])
+async def test_stt_drop_or_5xx_reconnects_and_replays(
+    kafka_bootstrap: str, emulator: EmulatorThread, tmp_path: Path, kind: str
+) -> None:
+    totals = Outcome()
+    reconnects = 0
+    for seed in SEEDS:
+        rng = random.Random(300 + seed)
+        config = make_config(kafka_bootstrap, emulator)
+        await ensure_topics(config)
+        plan = Plan.make(10, rng, turns=(3, 3))
+        for _ in range(6):  # six connections fail mid-turn at various audio times
+            at = rng.uniform(1500, 5000)
+            fault = Fault("drop", at_audio_ms=at) if kind == "drop" else Fault("error", at_audio_ms=at, status_code=503)
+            emulator.emulator.faults.add(fault)
+        before = len(emulator.stats()["sessions"])
+        async with Collector(kafka_bootstrap, config.transcripts_topic) as collector, workers(
+            config, tmp_path / f"{kind}-{seed}", ["w1"]
+        ) as procs:
+            await stream(kafka_bootstrap, config.audio_topic, plan)
+            await collector.wait_sessions(len(plan.sessions), 120)
+            outcome = check(plan, collector)
+        emulator.emulator.faults.clear()
+        ours = emulator.stats()["sessions"][before:]
+        faulted = sum(1 for s in ours if s["fault"])
+        reconnects += faulted
+        assert faulted == 6, "every injected fault must have hit a connection"
+        assert outcome.lost == outcome.duplicated == 0 and not outcome.wrong, explain(outcome, procs)
+        totals.expected += outcome.expected
+    report(
+        f"STT {kind}",
+        trials=len(SEEDS),
+        finals_expected=totals.expected,
+        finals_lost=0,
+        finals_duplicated=0,
+        reconnects=reconnects,
+    )
+
+
+async def test_stt_4xx_fails_only_that_session(kafka_bootstrap: str, emulator: EmulatorThread, tmp_path: Path) -> None:
+    rng = random.Random(400)
+    config = make_config(kafka_bootstrap, emulator)
+    await ensure_topics(config)
+    plan = Plan.make(8, rng)
+    emulator.emulator.faults.add(Fault("error", at_audio_ms=1200, status_code=400))
+    async with Collector(kafka_bootstrap, config.transcripts_topic) as collector, workers(
+        config, tmp_path / "4xx", ["w1"]
+    ) as procs:
+        await stream(kafka_bootstrap, config.audio_topic, plan)
+        await collector.wait_sessions(len(plan.sessions), 120)
+        outcome = check(plan, collector, may_fail=1)
+    emulator.emulator.faults.clear()
+    statuses = Counter(r["status"] for r in collector.finals())
+    assert statuses == {"complete": 7, "failed": 1}
+    assert outcome.lost == outcome.duplicated == 0 and not outcome.wrong, explain(outcome, procs)
+    report("STT 4xx", trials=1, finals_expected=outcome.expected, finals_lost=0, finals_duplicated=0, failed=1)
+
+
+# -- 5. broker restart -------------------------------------------------------------------------
+
+
+async def test_broker_restart_mid_run(emulator: EmulatorThread, tmp_path: Path) -> None:
+    totals = Outcome()
+    peak = 0
+    with KafkaBroker() as broker:
+        for seed in SEEDS[:2]:
+            rng = random.Random(500 + seed)
+            config = make_config(broker.bootstrap, emulator)
+            await ensure_topics(config)
+            plan = Plan.make(12, rng)
+            async with workers(config, tmp_path / f"broker-{seed}", ["w1"]) as procs:
+                producing = asyncio.create_task(stream(broker.bootstrap, config.audio_topic, plan))
+                await asyncio.sleep(rng.uniform(2.0, 4.0))
+                await asyncio.to_thread(broker.restart)
+                await producing
+                async with Collector(broker.bootstrap, config.transcripts_topic) as collector:
+                    await collector.wait_sessions(len(plan.sessions), 180)
+                    outcome = check(plan, collector)
+            peak = max(peak, procs["w1"].peak_rss)
+            assert outcome.lost == outcome.duplicated == 0 and not outcome.wrong, explain(outcome, procs)
+            totals.expected += outcome.expected
+    report(
+        "broker restart",
+        trials=2,
+        finals_expected=totals.expected,
+        finals_lost=0,
+        finals_duplicated=0,
+        peak_rss_mib=round(peak / 1024, 1),
+    )
+
+
+# -- 6. backlog and backpressure ---------------------------------------------------------------
+
+
+async def test_backlog_is_paced_with_bounded_memory(
+    kafka_bootstrap: str, emulator: EmulatorThread, tmp_path: Path
+) -> None:
+    soak = os.environ.get("STT_SOAK") == "1"
+    seconds = 600 if soak else 25
+    rss_bound_mib = 400
+    rng = random.Random(600)
+    config = make_config(
+        kafka_bootstrap, emulator, pause_high_bytes=2 * 2**20, pause_low_bytes=512 * 2**10, drain_deadline_s=60
+    )
+    await ensure_topics(config)
+    texts = [" ".join(rng.sample(WORDS, 3)).capitalize() + "." for _ in range(max(2, seconds // 2))]  # ~2 s each
+    sessions = {f"b{i:02d}": texts[i % 3 :] + texts[: i % 3] for i in range(50)}
+    audio = {sid: synthesize(list(ts), 16000, "pcm_s16le", tail_ms=300) for sid, ts in sessions.items()}
+    plan = Plan(
+        {sid: [t if k == 0 else " " + t for k, t in enumerate(ts)] for sid, ts in sessions.items()},
+        {sid: (pcm, "pcm_s16le", 16000) for sid, pcm in audio.items()},
+    )
+    audio_s = min(len(pcm) for pcm in audio.values()) / 32000
+    await stream(kafka_bootstrap, config.audio_topic, plan, realtime=False)  # all of it is there first
+    before = len(emulator.stats()["sessions"])
+    async with Collector(kafka_bootstrap, config.transcripts_topic) as collector, workers(
+        config, tmp_path / "backlog", ["w1"]
+    ) as procs:
+        await collector.wait_sessions(len(plan.sessions), audio_s * 3 + 120)
+        outcome = check(plan, collector)
+        procs["w1"].sample()
+    log = procs["w1"].log_path.read_text()
+    pauses, resumes = log.count("INFO pipeline.worker: paused p"), log.count("INFO pipeline.worker: resumed p")
+    peak_mib = procs["w1"].peak_rss / 1024
+    assert outcome.lost == outcome.duplicated == 0 and not outcome.wrong, explain(outcome, procs)
+    assert pauses > 0 and resumes > 0, "the backlog must have paused and resumed partitions"
+    assert overloads_since(emulator, before) == 0, "a backlog must be paced, not burst"
+    assert peak_mib < rss_bound_mib, f"worker peak RSS {peak_mib:.0f} MiB"
+    audio_mib = sum(len(a[0]) for a in plan.audio.values()) / 2**20
+    report(
+        "backlog" + (" (soak)" if soak else ""),
+        trials=1,
+        sessions=50,
+        audio_s_per_session=round(audio_s, 1),
+        backlog_audio_mib=round(audio_mib, 1),
+        finals_expected=outcome.expected,
+        finals_lost=0,
+        finals_duplicated=0,
+        pauses=pauses,
+        peak_rss_mib=round(peak_mib, 1),
     )

@@ -373,3 +373,32 @@ async def test_worker_commits_only_past_finished_work(
 def test_config_repr_hides_the_api_key() -> None:
     config = replace(WorkerConfig(), api_key="sk-secret")
     assert "sk-secret" not in repr(config) and "sk-secret" not in str(config)
+
+
+async def test_stopping_right_after_a_session_ends_still_publishes_its_final(
+    kafka_bootstrap: str, emulator: EmulatorThread
+) -> None:
+    """Regression: a shutdown must never cancel a transaction and drop the finals in it."""
+    pcm = synthesize("Last words.", 16000, "pcm_s16le")
+    for attempt in range(5):
+        harness = WorkerHarness(make_config(kafka_bootstrap, emulator))
+        await harness.prepare()
+        session = f"last-{attempt}"
+        await produce(
+            kafka_bootstrap,
+            harness.config.audio_topic,
+            [audio_record(session, 0, pcm, "pcm_s16le", 16000), control_record(session, 1, "end")],
+        )
+        ended = asyncio.Event()
+        original = harness.worker._session_ended
+
+        def hooked(current: Any, original: Any = original, ended: asyncio.Event = ended) -> None:
+            original(current)
+            ended.set()
+
+        harness.worker._session_ended = hooked  # type: ignore[method-assign]  # observe the exact moment
+        await harness.start()
+        await asyncio.wait_for(ended.wait(), 30)
+        await harness.stop()
+        transcripts = await read_topic(kafka_bootstrap, harness.config.transcripts_topic, until=sessions_ended(1))
+        assert transcripts[-1]["transcript"] == "Last words."

@@ -304,6 +304,11 @@ def test_fault_plan_counts_connections_and_is_seeded() -> None:
     assert third.delay_ms == 50 and third.due(5000) is None
     assert first.due(999) is None and first.due(1000) == "drop"
 
+    queued = FaultPlan()
+    for at in (100, 200, 300):
+        queued.add(Fault("error", at_audio_ms=at, status_code=503))
+    assert [queued.assign("auto").error_at_ms for _ in range(4)] == [100, 200, 300, None]
+
     def draws(seed: int) -> list[float | None]:
         p = FaultPlan()
         p.random_drops(RandomDrops(seed=seed, probability=0.5))
