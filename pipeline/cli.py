@@ -21,8 +21,13 @@ async def _run_worker(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    config = worker_config.from_env(args)
+    if config.metrics_port:
+        from pipeline import metrics
+
+        metrics.serve(config.metrics_port)
     try:
-        await Worker(worker_config.from_env(args)).run(stop)
+        await Worker(config).run(stop)
     except TopicSetupError as exc:
         print(f"stt-pipeline worker: {exc}", file=sys.stderr)
         return 2

@@ -54,6 +54,7 @@ SETTINGS: dict[str, Setting] = {
     "retention_ms": Setting("STT_RETENTION_MS", 7 * 24 * 3600 * 1000, "retention of non-compacted topics"),
     "create_topics": Setting("STT_CREATE_TOPICS", True, "create missing topics at start"),
     "stt_version": Setting("STT_CARTESIA_VERSION", "2026-08-14", "Cartesia-Version header sent to the STT service"),
+    "metrics_port": Setting("STT_METRICS_PORT", 0, "serve Prometheus metrics on 127.0.0.1:PORT (0: off)"),
 }
 
 
@@ -89,6 +90,7 @@ class WorkerConfig:
     retention_ms: int = 7 * 24 * 3600 * 1000
     create_topics: bool = True
     stt_version: str = "2026-08-14"
+    metrics_port: int = 0
 
     def __repr__(self) -> str:
         shown = {f.name: getattr(self, f.name) for f in fields(self)}

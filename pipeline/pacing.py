@@ -18,8 +18,9 @@ longer). Time the clock lost beyond that is never caught up in a burst: ``t0`` i
 - A backlog is released at realtime plus the lead, never as a burst.
 - Starved (no complete frame queued) while the input is live (the producer is quiet, the partition is
   neither lagging nor paused): once the next due time is ``silence_budget_ms`` or more in the past,
-  the pacer fills silence up to ``now`` (never ahead) and keeps filling in step with the clock until
-  audio comes back. Audio that arrives within the budget is caught up, absorbing jitter.
+  the pacer sends a held partial frame first (the end of what was said), then fills silence up to
+  ``now`` (never ahead) and keeps filling in step with the clock until audio comes back. Audio that
+  arrives within the budget is caught up, absorbing jitter.
 - Starved while the input is not live (the worker is behind or paused): nothing is sent or filled; on
   the next poll that can send again, ``t0`` is rebased so the next frame is due no earlier than
   ``now``: there is no catch-up of the lost time.
@@ -196,6 +197,14 @@ class Pacer:
             self._stalled = False
         if not self._filling and now + _EPSILON_S >= self._due() + self._budget_s:
             self._filling = True
+            if self._partial:
+                # The producer went quiet mid-frame: its last audio goes out before any silence, or
+                # the silence would cut the speech that ended there.
+                data, self._partial = self._partial, b""
+                self._queued_bytes -= len(data)
+                self._sent_bytes += len(data)
+                out.append(Frame(data, silence=False))
+                self._rebase(now, self._budget_s)  # a short frame leaves the clock off the frame grid
         if self._filling:
             self._rebase(now, max(self._budget_s, self._frame_s))
             while self._due() + self._frame_s <= now + _EPSILON_S:

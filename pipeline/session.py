@@ -78,6 +78,29 @@ class Resume:
     next_input_seq: int
     audio_ms: float
 
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict[str, Any]) -> Resume:
+        return cls(
+            next_seq=checkpoint["next_seq"],
+            next_turn=checkpoint["next_turn"],
+            next_transcript_seq=checkpoint["next_transcript_seq"],
+            transcript=checkpoint["transcript"],
+            next_input_seq=checkpoint["next_input_seq"],
+            audio_ms=checkpoint["audio_ms"],
+        )
+
+
+def checkpoint_format(checkpoint: dict[str, Any]) -> AudioFormat:
+    """The audio format a checkpointed session was opened with."""
+    return AudioFormat(
+        encoding=checkpoint["encoding"],
+        sample_rate=checkpoint["sample_rate"],
+        channels=checkpoint["channels"],
+        endpoint=checkpoint["endpoint"],
+        model=checkpoint["model"],
+        language=checkpoint["language"],
+    )
+
 
 @dataclass(slots=True)
 class _Held:

@@ -37,14 +37,16 @@ from pipeline.kafka.transactions import Extra, Fenced, PartitionTransactions
 from pipeline.offsets import PartitionWatermark
 from pipeline.records import AudioFormat, InputMessage, Rejected, dead_letter, parse
 from pipeline.runner import SessionRunner
-from pipeline.session import Output, Resume, Session, SessionConfig
+from pipeline.session import Output, Resume, Session, SessionConfig, checkpoint_format
 from pipeline.stt.client import open_socket
 
 log = logging.getLogger("pipeline.worker")
 COMPLETED_MEMORY = 100_000
-# No fetch response for a partition this long (idle fetches answer every ~500 ms): Kafka is unreachable,
-# so a quiet partition is not a quiet speaker and no silence may be filled.
-FETCH_SILENCE_MS = 1500
+# Fetches wait at most FETCH_MAX_WAIT_MS for data, so a healthy partition gets a response about that
+# often even when idle. No response for FETCH_SILENCE_MS (less than any sensible silence budget) means
+# Kafka is unreachable: a quiet partition is then not a quiet speaker, and no silence may be filled.
+FETCH_MAX_WAIT_MS = 100
+FETCH_SILENCE_MS = 250
 
 
 def wall_ms() -> int:
@@ -55,28 +57,6 @@ def _same(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
     if a is None or b is None:
         return a is b
     return {**a, "at": 0} == {**b, "at": 0}
-
-
-def resume_of(checkpoint: dict[str, Any]) -> Resume:
-    return Resume(
-        next_seq=checkpoint["next_seq"],
-        next_turn=checkpoint["next_turn"],
-        next_transcript_seq=checkpoint["next_transcript_seq"],
-        transcript=checkpoint["transcript"],
-        next_input_seq=checkpoint["next_input_seq"],
-        audio_ms=checkpoint["audio_ms"],
-    )
-
-
-def format_of(checkpoint: dict[str, Any]) -> AudioFormat:
-    return AudioFormat(
-        encoding=checkpoint["encoding"],
-        sample_rate=checkpoint["sample_rate"],
-        channels=checkpoint["channels"],
-        endpoint=checkpoint["endpoint"],
-        model=checkpoint["model"],
-        language=checkpoint["language"],
-    )
 
 
 @dataclass
@@ -159,6 +139,7 @@ class Worker:
             auto_offset_reset="earliest",
             isolation_level="read_committed",
             session_timeout_ms=config.session_timeout_ms,
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             heartbeat_interval_ms=max(500, config.session_timeout_ms // 5),
             rebalance_timeout_ms=int((config.revoke_grace_s + 30) * 1000),
             max_poll_interval_ms=300_000,
@@ -247,7 +228,8 @@ class Worker:
                 return None
             part.dormant.pop(session_id, None)
             self.stats.sessions_resumed += 1
-            return self._start_session(session_id, format_of(checkpoint), part, offset, resume_of(checkpoint))
+            resume = Resume.from_checkpoint(checkpoint)
+            return self._start_session(session_id, checkpoint_format(checkpoint), part, offset, resume)
         if session_id in self._completed:
             if message.seq <= self._completed[session_id]:
                 self.stats.duplicates += 1
@@ -304,7 +286,7 @@ class Worker:
             session,
             connect=lambda: open_socket(config.stt_base_url, fmt, config.api_key, config.stt_version),
             emit=lambda outputs: self._emit(holder[0], outputs),
-            input_live=lambda: part.live,
+            input_live=lambda: self._live(part),
         )
         now = time.monotonic()
         current = _Open(session, part.tp.partition, runner, now, now)
@@ -407,11 +389,11 @@ class Worker:
                 checkpoint = part.checkpoints[session_id]
                 session = Session(
                     session_id,
-                    format_of(checkpoint),
+                    checkpoint_format(checkpoint),
                     first_offset=checkpoint["resume_offset"],
                     config=self.session_config,
                     wall_ms=wall_ms,
-                    resume=resume_of(checkpoint),
+                    resume=Resume.from_checkpoint(checkpoint),
                 )
                 session.truncate("idle_timeout", "no input after a restart (lost `end`?)")
                 part.txn.add([(self._topics[o.topic], o.key, o.record) for o in session.take_outputs()])
@@ -472,6 +454,13 @@ class Worker:
         for part in list(self._parts.values()):
             await self._commit(part)
 
+    def _live(self, part: _Partition) -> bool:
+        """Whether a quiet partition means a quiet speaker (so the pacer may fill silence)."""
+        if not part.live or self._consumer is None:
+            return False
+        polled = self._consumer.last_poll_timestamp(part.tp)
+        return polled is None or time.time() * 1000 - polled <= FETCH_SILENCE_MS
+
     def _update_flow(self) -> None:
         """Pause partitions whose sessions buffer too much audio; resume them when it drains."""
         consumer = self._consumer
@@ -479,13 +468,9 @@ class Worker:
         queued: dict[int, int] = {}
         for current in self._open.values():
             queued[current.partition] = queued.get(current.partition, 0) + current.session.pacer.queued_bytes
-        now_ms = time.time() * 1000
         for partition, part in self._parts.items():
             highwater = consumer.highwater(part.tp)
-            polled = consumer.last_poll_timestamp(part.tp)
-            behind = highwater is not None and highwater - part.watermark.position > self.config.lag_threshold
-            silent_broker = polled is not None and now_ms - polled > FETCH_SILENCE_MS
-            part.lagging = behind or silent_broker
+            part.lagging = highwater is not None and highwater - part.watermark.position > self.config.lag_threshold
             buffered = queued.get(partition, 0)
             if not part.paused and buffered > self.config.pause_high_bytes:
                 consumer.pause(part.tp)

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from pipeline.emulator.engines.tones import synthesize
 from pipeline.emulator.faults import Fault
 from pipeline.kafka.topics import ensure_topics
 from pipeline.schemas import validate
+from tests.support.config import worker_config
 from tests.support.emulator import EmulatorThread, running_emulator
 from tests.support.kafka import KafkaBroker
 from tests.support.workers import WorkerProcess
@@ -62,13 +63,21 @@ class Plan:
     audio: dict[str, tuple[bytes, Encoding, int]]
 
     @classmethod
-    def make(cls, n: int, rng: random.Random, *, turns: tuple[int, int] = (2, 3), tag: str = "") -> Plan:
+    def make(
+        cls,
+        n: int,
+        rng: random.Random,
+        *,
+        turns: tuple[int, int] = (2, 3),
+        words: tuple[int, int] = (2, 4),
+        tag: str = "",
+    ) -> Plan:
         sessions: dict[str, list[str]] = {}
         audio: dict[str, tuple[bytes, Encoding, int]] = {}
         for i in range(n):
             session_id = f"s{i:02d}-{tag or uuid.uuid4().hex[:6]}"
             texts = [
-                " ".join(rng.sample(WORDS, rng.randint(2, 4))).capitalize() + rng.choice(".?!")
+                " ".join(rng.sample(WORDS, rng.randint(*words))).capitalize() + rng.choice(".?!")
                 for _ in range(rng.randint(*turns))
             ]
             encoding, rate = FORMATS[i % len(FORMATS)]
@@ -207,24 +216,14 @@ def report(scenario: str, **figures: Any) -> None:
 
 
 def make_config(bootstrap: str, emulator: EmulatorThread, **overrides: Any) -> WorkerConfig:
-    tag = uuid.uuid4().hex[:8]
-    config = WorkerConfig(
-        bootstrap_servers=bootstrap,
-        stt_base_url=emulator.base_url,
-        api_key="fault-key",
-        audio_topic=f"audio-{tag}",
-        turns_topic=f"turns-{tag}",
-        transcripts_topic=f"transcripts-{tag}",
-        sessions_topic=f"sessions-{tag}",
-        dead_letter_topic=f"dead-{tag}",
-        group_id=f"group-{tag}",
-        topic_partitions=4,
-        commit_interval_ms=150,
-        session_timeout_ms=6000,
-        revoke_grace_s=3.0,
-        drain_deadline_s=30,
-    )
-    return replace(config, **overrides)
+    defaults: dict[str, Any] = {
+        "topic_partitions": 4,
+        "commit_interval_ms": 150,
+        "session_timeout_ms": 6000,
+        "revoke_grace_s": 3.0,
+        "drain_deadline_s": 30,
+    }
+    return worker_config(bootstrap, emulator.base_url, **{**defaults, **overrides})
 
 
 @contextlib.asynccontextmanager
@@ -407,9 +406,11 @@ async def test_stt_drop_or_5xx_reconnects_and_replays(
         rng = random.Random(300 + seed)
         config = make_config(kafka_bootstrap, emulator)
         await ensure_topics(config)
-        plan = Plan.make(10, rng, turns=(3, 3))
-        for _ in range(6):  # six connections fail mid-turn at various audio times
-            at = rng.uniform(1500, 5000)
+        # Every session has at least ~5.3 s of audio (3 turns of 3-4 words), and the first six
+        # connections (all opened at the start) fail within 1.0-3.5 s: each fault is sure to fire.
+        plan = Plan.make(10, rng, turns=(3, 3), words=(3, 4))
+        for _ in range(6):
+            at = rng.uniform(1000, 3500)
             fault = Fault("drop", at_audio_ms=at) if kind == "drop" else Fault("error", at_audio_ms=at, status_code=503)
             emulator.emulator.faults.add(fault)
         before = len(emulator.stats()["sessions"])

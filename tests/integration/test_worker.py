@@ -21,6 +21,7 @@ from pipeline.emulator.engines.tones import script_text, synthesize
 from pipeline.kafka.topics import ensure_topics
 from pipeline.schemas import validate
 from pipeline.worker import Worker
+from tests.support.config import worker_config
 from tests.support.emulator import EmulatorThread, running_emulator
 
 pytestmark = pytest.mark.kafka
@@ -43,20 +44,8 @@ def emulator() -> Iterator[EmulatorThread]:
 
 
 def make_config(bootstrap: str, emu: EmulatorThread, partitions: int = 1) -> WorkerConfig:
-    tag = uuid.uuid4().hex[:8]
-    return WorkerConfig(
-        bootstrap_servers=bootstrap,
-        stt_base_url=emu.base_url,
-        api_key="test-key",
-        audio_topic=f"audio-{tag}",
-        turns_topic=f"turns-{tag}",
-        transcripts_topic=f"transcripts-{tag}",
-        sessions_topic=f"sessions-{tag}",
-        dead_letter_topic=f"dead-{tag}",
-        group_id=f"group-{tag}",
-        topic_partitions=partitions,
-        drain_deadline_s=20,
-        commit_interval_ms=200,
+    return worker_config(
+        bootstrap, emu.base_url, topic_partitions=partitions, drain_deadline_s=20, commit_interval_ms=200
     )
 
 
@@ -241,6 +230,32 @@ async def test_twenty_interleaved_sessions_mixed_formats_exact_finals(
     assert all(s["close_code"] == 1000 for s in ours)
     assert worker.stats.sessions_ended == {"complete": 20}
     assert not any(s["fault"] for s in ours)
+    await wait_for_tombstones(kafka_bootstrap, config.sessions_topic, set(expected))
+
+
+async def wait_for_tombstones(bootstrap: str, topic: str, sessions: set[str]) -> None:
+    """Each finished session's checkpoint is written, validated, then tombstoned once the offset passes it."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", isolation_level="read_committed"
+    )
+    await consumer.start()
+    latest: dict[str, dict[str, Any] | None] = {}
+    seen_complete: set[str] = set()
+    try:
+        async with asyncio.timeout(30):
+            while not (set(latest) >= sessions and all(latest[s] is None for s in sessions)):
+                for items in (await consumer.getmany(timeout_ms=200)).values():
+                    for item in items:
+                        assert item.key is not None
+                        value = None if item.value is None else orjson.loads(item.value)
+                        if value is not None:
+                            validate("checkpoint", value)
+                            if value["status"] == "complete":
+                                seen_complete.add(item.key.decode())
+                        latest[item.key.decode()] = value
+    finally:
+        await consumer.stop()
+    assert seen_complete >= sessions
 
 
 async def test_manual_endpoint_finalize_splits_turns(
@@ -402,3 +417,20 @@ async def test_stopping_right_after_a_session_ends_still_publishes_its_final(
         await harness.stop()
         transcripts = await read_topic(kafka_bootstrap, harness.config.transcripts_topic, until=sessions_ended(1))
         assert transcripts[-1]["transcript"] == "Last words."
+
+
+async def test_muted_producer_gets_silence_so_the_turn_ends(
+    running_worker: tuple[Worker, WorkerConfig], kafka_bootstrap: str
+) -> None:
+    """The producer stops sending mid-session (muted, no `end`): the worker keeps the STT clock going
+    with encoding-correct silence, so the server's turn detection still ends the turn."""
+    worker, config = running_worker
+    pcm = synthesize("Are you there?", 8000, "pcm_mulaw", tail_ms=0)
+    await produce(kafka_bootstrap, config.audio_topic, [audio_record("muted", 0, pcm, "pcm_mulaw", 8000)])
+    events = await read_topic(
+        kafka_bootstrap, config.turns_topic, until=lambda rs: any(r["type"] == "turn.end" for r in rs), limit_s=20
+    )
+    assert [e["transcript"] for e in events if e["type"] == "turn.end"] == ["Are you there?"]
+    assert worker._open["muted"].session.pacer.silence_ms_sent > 0
+    await produce(kafka_bootstrap, config.audio_topic, [control_record("muted", 1, "end")])
+    await read_topic(kafka_bootstrap, config.transcripts_topic, until=sessions_ended(1))

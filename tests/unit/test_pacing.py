@@ -289,11 +289,13 @@ def test_audio_after_silence_goes_out_and_stops_the_fill() -> None:
     assert p.next_wakeup(now) == pytest.approx(1.6 + 0.4)
 
 
-def test_silence_is_sent_while_a_partial_frame_waits() -> None:
+def test_a_waiting_partial_frame_is_sent_before_the_silence_fill() -> None:
     p = started()
     p.push(audio(FB // 2))
-    assert len(p.poll(0.5, input_live=True)) == 4
-    assert p.queued_bytes == FB // 2
+    frames = p.poll(0.5, input_live=True)
+    assert frames[0] == Frame(audio(FB // 2), silence=False)
+    assert len(frames) == 4 and all(f.silence for f in frames[1:])
+    assert p.queued_bytes == 0
 
 
 @pytest.mark.parametrize("t", [0.5, 1.0, 60.0, 3600.0])
@@ -486,11 +488,15 @@ def test_property_pacing(ops: list[tuple[str, int | bool, int]], lead: float, bu
         got_ms = sum(len(f.data) for f in frames) / BPM
         # (a) audio bytes are the input, in order, so far
         assert bytes(pushed).startswith(audio_of(sent))
-        # frames are whole except a final one after finish
-        assert all(len(f.data) == FB for f in sent[:-1])
+        # frames are whole, except a final one after finish, or the held end of the audio that opens a
+        # silence fill (live, starved), after which only silence follows in that poll
         assert all(f.data == SILENCE for f in frames if f.silence)
-        if any(len(f.data) != FB for f in frames):
-            assert finished
+        for i, f in enumerate(frames):
+            if len(f.data) != FB:
+                assert not f.silence
+                if not finished:
+                    event("partial frame before silence")
+                    assert input_live and not has_frame and all(g.silence for g in frames[i + 1 :])
         # silence only while live, never once finished
         if any(f.silence for f in frames):
             event("silence filled")
@@ -565,3 +571,14 @@ def test_cut_releases_the_partial_frame_without_finishing() -> None:
     assert not pacer.drained
     pacer.push(b"\x02" * 3200)  # more audio after a cut is still accepted and framed
     assert [f.data for f in pacer.poll(0.2, input_live=True)] == [b"\x02" * 3200]
+
+
+def test_a_held_partial_frame_goes_out_before_silence_fill() -> None:
+    pacer = Pacer(frame_bytes=3200, frame_ms=100, silence_budget_ms=400, silence_frame=bytes(3200), bytes_per_ms=32.0)
+    pacer.push(b"\x01" * 4800)  # one frame and a half: the producer then goes quiet
+    assert [f.data for f in pacer.poll(0.0, input_live=True)] == [b"\x01" * 3200]
+    assert pacer.poll(0.3, input_live=True) == []  # within the budget the half frame waits for more
+    frames = pacer.poll(0.6, input_live=True)
+    assert frames[0] == Frame(b"\x01" * 1600, silence=False)
+    assert frames[1:] and all(f.silence for f in frames[1:])
+    assert pacer.queued_bytes == 0

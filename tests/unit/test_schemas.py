@@ -397,8 +397,9 @@ def test_asyncapi_parses_and_describes_the_five_topics() -> None:
 def test_asyncapi_states_the_delivery_guarantees() -> None:
     channels = {c["address"]: c for c in load_asyncapi()["channels"].values()}
     turns = channels["stt.turns"]["description"]
-    assert "at-least-once" in turns and "(session_id, seq)" in turns and "read_committed" in turns
-    for topic in ("stt.transcripts", "stt.sessions"):
+    assert "exactly once" in turns and "(session_id, seq)" in turns and "read_committed" in turns
+    assert "new `seq` values" in turns  # the failover caveat for the open turn's interim events
+    for topic in ("stt.transcripts", "stt.sessions", "stt.dead-letter"):
         assert "ransactional" in channels[topic]["description"]
         assert "read_committed" in channels[topic]["description"]
     assert channels["stt.sessions"]["bindings"]["kafka"]["topicConfiguration"]["cleanup.policy"] == ["compact"]

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from pipeline.records import AudioFormat, InputMessage, Rejected
 from pipeline.schemas import validate
-from pipeline.session import Output, Resume, Session, SessionConfig
+from pipeline.session import Output, Resume, Session, SessionConfig, checkpoint_format
 
 S16 = AudioFormat("pcm_s16le", 16000)
 FRAME = 3200  # 100 ms of s16 at 16 kHz
@@ -348,15 +348,9 @@ def test_checkpoint_and_resume_continue_numbering_without_a_second_start() -> No
         first_offset=checkpoint["resume_offset"],
         config=SessionConfig(),
         wall_ms=lambda: 1,
-        resume=Resume(
-            next_seq=checkpoint["next_seq"],
-            next_turn=checkpoint["next_turn"],
-            next_transcript_seq=checkpoint["next_transcript_seq"],
-            transcript=checkpoint["transcript"],
-            next_input_seq=checkpoint["next_input_seq"],
-            audio_ms=checkpoint["audio_ms"],
-        ),
+        resume=Resume.from_checkpoint(checkpoint),
     )
+    assert checkpoint_format(checkpoint) == S16
     assert resumed.take_outputs() == []  # no second session.start
     assert not resumed.accept(audio(checkpoint["next_input_seq"] - 1, b"\0\0"), 0.0)  # below: duplicate
     resumed.accept(control(checkpoint["next_input_seq"], "end"), 0.0, offset=checkpoint["resume_offset"])
