@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pipeline.audio import Encoding, bytes_per_sample
 from pipeline.config import WorkerConfig
 from pipeline.emulator.engines.tones import script_text, synthesize
-from pipeline.kafka.topics import ensure_topics
+from pipeline.kafka.topics import TopicSetupError, ensure_topics
 from pipeline.schemas import validate
 from pipeline.worker import Worker
 from tests.support.config import worker_config
@@ -434,3 +434,11 @@ async def test_muted_producer_gets_silence_so_the_turn_ends(
     assert worker._open["muted"].session.pacer.silence_ms_sent > 0
     await produce(kafka_bootstrap, config.audio_topic, [control_record("muted", 1, "end")])
     await read_topic(kafka_bootstrap, config.transcripts_topic, until=sessions_ended(1))
+
+
+async def test_missing_topics_without_permission_to_create_fail_clearly(kafka_bootstrap: str) -> None:
+    config = worker_config(kafka_bootstrap, "http://127.0.0.1:1", create_topics=False)
+    with pytest.raises(TopicSetupError) as refused:
+        await ensure_topics(config)
+    message = str(refused.value)
+    assert "STT_CREATE_TOPICS" in message and config.audio_topic in message and config.sessions_topic in message

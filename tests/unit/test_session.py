@@ -367,3 +367,21 @@ def test_checkpoint_and_resume_continue_numbering_without_a_second_start() -> No
     assert final["seq"] == checkpoint["next_transcript_seq"] + 1
     done = resumed.checkpoint()
     assert done["status"] == "complete" and done["close_offset"] == checkpoint["resume_offset"]
+
+
+def test_truncate_ends_the_session_with_the_reason_and_keeps_finished_turns() -> None:
+    session = make()
+    session.accept(audio(0, b"\1\0" * 1600), 0.0)
+    session.poll(0.0, input_live=True)
+    feed_turn(session, "Kept.", first=True)
+    session.on_message(auto_events({"type": "turn.start"})[0])  # a turn still open: not final, not kept
+    session.truncate("idle_timeout", "no input for 120 s")
+    assert session.status == "truncated" and session.ended
+    out = session.take_outputs()
+    error = [r for r in records(out) if r["type"] == "session.error"][-1]
+    assert error["error"]["error_code"] == "idle_timeout"  # type: ignore[index]
+    final = records(out, "transcripts")[-1]
+    assert (final["kind"], final["status"], final["transcript"]) == ("session", "truncated", "Kept.")
+    assert session.poll(1.0, input_live=True) == []
+    session.truncate("max_duration", "again")  # idempotent once ended
+    assert session.take_outputs() == []
