@@ -23,6 +23,7 @@ from pipeline.schemas import validate
 from pipeline.worker import Worker
 from tests.support.config import worker_config
 from tests.support.emulator import EmulatorThread, running_emulator
+from tests.support.kafka import free_ports
 
 pytestmark = pytest.mark.kafka
 
@@ -442,3 +443,27 @@ async def test_missing_topics_without_permission_to_create_fail_clearly(kafka_bo
         await ensure_topics(config)
     message = str(refused.value)
     assert "STT_CREATE_TOPICS" in message and config.audio_topic in message and config.sessions_topic in message
+
+
+async def test_stt_unreachable_sessions_wait_and_retry(kafka_bootstrap: str) -> None:
+    port = free_ports(1)[0]
+    config = worker_config(kafka_bootstrap, f"http://127.0.0.1:{port}", topic_partitions=1, drain_deadline_s=30)
+    harness = WorkerHarness(config)
+    await harness.prepare()
+    pcm = synthesize("Anyone home?", 16000, "pcm_s16le")
+    records = [audio_record("early", 0, pcm, "pcm_s16le", 16000), control_record("early", 1, "end")]
+    await produce(kafka_bootstrap, config.audio_topic, records)
+    worker = await harness.start()
+    try:
+        await asyncio.sleep(2.0)  # the session is retrying against a closed port
+        with running_emulator(port=port):
+            transcripts = await read_topic(kafka_bootstrap, config.transcripts_topic, until=sessions_ended(1))
+        assert (transcripts[-1]["transcript"], transcripts[-1]["status"]) == ("Anyone home?", "complete")
+        assert worker.stats.reconnects >= 1
+        events = await read_topic(
+            kafka_bootstrap, config.turns_topic, until=lambda rs: any(r["type"] == "session.end" for r in rs)
+        )
+        errors = [e["error"] for e in events if e["type"] == "session.error"]
+        assert errors and all(e["error_code"] == "stt_connect_failed" and e["retryable"] for e in errors)
+    finally:
+        await harness.stop()
