@@ -83,6 +83,7 @@ class _Partition:
     lagging: bool = False
     paused: bool = False
     blocked: bool = False  # waiting for a free session slot
+    frozen: bool = False  # revoked, committed, waiting to learn whether it comes back: no commits
 
     @property
     def live(self) -> bool:
@@ -125,6 +126,7 @@ class Worker:
         self._parts: dict[int, _Partition] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._topics = {"turns": config.turns_topic, "transcripts": config.transcripts_topic}
+        self._revoked: set[int] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -447,19 +449,21 @@ class Worker:
                 return
             self._guards(time.monotonic())
             for part in list(self._parts.values()):
-                await self._commit(part)
+                if not part.frozen:
+                    await self._commit(part)
 
     async def commit(self) -> None:
         """Commit every partition now (tests and shutdown)."""
         for part in list(self._parts.values()):
-            await self._commit(part)
+            if not part.frozen:
+                await self._commit(part)
 
     def _live(self, part: _Partition) -> bool:
         """Whether a quiet partition means a quiet speaker (so the pacer may fill silence)."""
-        if not part.live or self._consumer is None:
+        if not part.live or part.frozen or self._consumer is None:
             return False
-        polled = self._consumer.last_poll_timestamp(part.tp)
-        return polled is None or time.time() * 1000 - polled <= FETCH_SILENCE_MS
+        polled = self._consumer.last_poll_timestamp(part.tp)  # None: no fetch answered since assignment
+        return polled is not None and time.time() * 1000 - polled <= FETCH_SILENCE_MS
 
     def _update_flow(self) -> None:
         """Pause partitions whose sessions buffer too much audio; resume them when it drains."""
@@ -469,6 +473,8 @@ class Worker:
         for current in self._open.values():
             queued[current.partition] = queued.get(current.partition, 0) + current.session.pacer.queued_bytes
         for partition, part in self._parts.items():
+            if part.frozen:
+                continue
             highwater = consumer.highwater(part.tp)
             part.lagging = highwater is not None and highwater - part.watermark.position > self.config.lag_threshold
             buffered = queued.get(partition, 0)
@@ -491,7 +497,19 @@ class Worker:
         consumer = self._consumer
         assert consumer is not None
         config = self.config
-        new = sorted(tp.partition for tp in partitions if tp.partition not in self._parts)
+        assigned = {tp.partition for tp in partitions}
+        kept, lost = self._revoked & assigned, self._revoked - assigned
+        self._revoked = set()
+        for partition in sorted(lost):  # committed at revocation; the new owner resumes from there
+            await self._drop(partition)
+        for partition in sorted(kept):  # sessions and sockets carry on where they were
+            part = self._parts[partition]
+            part.frozen = False
+            part.lagging = True  # until a fetch shows how far behind the rebalance left us
+            consumer.seek(part.tp, part.watermark.position)
+        if kept or lost:
+            log.info("rebalanced: kept %s with their sessions, gave up %s", sorted(kept), sorted(lost))
+        new = sorted(p for p in assigned if p not in self._parts)
         txns = {}
         for partition in new:  # fence the previous owners first: their open transactions end now
             tp = TopicPartition(config.audio_topic, partition)
@@ -513,17 +531,26 @@ class Worker:
         log.info("assigned %s (%d checkpoints)", new, sum(len(loaded[p]) for p in new))
 
     async def on_revoked(self, partitions: set[TopicPartition]) -> None:
-        await self._hand_off(sorted(tp.partition for tp in partitions))
-
-    async def _hand_off(self, partitions: list[int]) -> None:
-        """Pause, let in-flight drains finish within the grace period, commit everything, close sockets."""
-        consumer = self._consumer
-        parts = [self._parts[p] for p in partitions if p in self._parts]
-        if not parts:
+        """Eager rebalancing revokes every partition, also those that will come back. So: pause, give
+        drains their grace, commit, and *keep* the sessions and sockets; the assignment that follows
+        says which partitions stay (they carry on) and which go (their sessions close, uncommitted
+        work is redone by the new owner, whose fencing stops any late commit of ours)."""
+        revoked = sorted(tp.partition for tp in partitions if tp.partition in self._parts)
+        if not revoked:
             return
+        parts = [self._parts[p] for p in revoked]
+        await self._settle(parts)
+        for part in parts:
+            part.frozen = True
+        self._revoked = set(revoked)
+
+    async def _settle(self, parts: list[_Partition], *, close: bool = False) -> None:
+        """Pause, give sessions that are draining the grace period to finish, optionally close the
+        sockets, then commit each partition (a frozen one was committed already)."""
+        consumer = self._consumer
         if consumer is not None:
             with contextlib.suppress(Exception):
-                consumer.pause(*(part.tp for part in parts))
+                consumer.pause(*(part.tp for part in parts if part.tp in consumer.assignment()))
         owned = {part.tp.partition for part in parts}
         deadline = time.monotonic() + self.config.revoke_grace_s
         while time.monotonic() < deadline:
@@ -531,13 +558,24 @@ class Worker:
             if not draining:
                 break
             await asyncio.sleep(0.05)
-        leaving = [o for o in self._open.values() if o.partition in owned]
-        await self._cancel(leaving)
+        if close:
+            await self._cancel([o for o in self._open.values() if o.partition in owned])
         for part in parts:
+            if part.frozen:
+                continue
             with contextlib.suppress(Exception):
                 for _ in range(3):
                     if await self._commit(part):
                         break
+
+    async def _hand_off(self, partitions: list[int]) -> None:
+        """Shutdown: pause, let in-flight drains finish within the grace period, close sockets, commit."""
+        parts = [self._parts[p] for p in partitions if p in self._parts]
+        if not parts:
+            return
+        owned = {part.tp.partition for part in parts}
+        await self._settle(parts, close=True)
+        leaving = [o for o in self._open.values() if o.partition in owned]
         for current in leaving:
             self._open.pop(current.session.session_id, None)
             metrics.OPEN_SESSIONS.dec()
@@ -553,6 +591,7 @@ class Worker:
         await self._cancel(leaving)
         for current in leaving:
             self._open.pop(current.session.session_id, None)
+            metrics.OPEN_SESSIONS.dec()
         if part is not None:
             await part.txn.stop()
 

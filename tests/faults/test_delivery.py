@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import time
 import uuid
 from collections import Counter
@@ -337,6 +338,8 @@ async def test_scale_out_and_in_while_streaming(kafka_bootstrap: str, emulator: 
         peak = max(peak, *(p.peak_rss for p in procs.values()))
         assert outcome.lost == outcome.duplicated == 0 and not outcome.wrong, explain(outcome, procs)
         assert overloads_since(emulator, before) == 0
+        # partitions that stay with w1 across the rebalances keep their sessions and sockets
+        assert re.search(r"rebalanced: kept \[\d", procs["w1"].log_path.read_text()), procs["w1"].log_tail()
         totals.expected += outcome.expected
     report(
         "scale 1-3-2",
