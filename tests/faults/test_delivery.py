@@ -45,6 +45,7 @@ REPORT = Path(os.environ.get("STT_FAULT_REPORT", ROOT / ".cache" / "fault-report
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike oscar papa".split()  # noqa: SIM905
 FORMATS: list[tuple[Encoding, int]] = [("pcm_s16le", 16000), ("pcm_mulaw", 8000), ("pcm_f32le", 24000)]
 SEEDS = [1, 2, 3]
+SOAK = os.environ.get("STT_SOAK") == "1"
 
 
 @pytest.fixture(scope="module")
@@ -495,10 +496,11 @@ async def test_broker_restart_mid_run(emulator: EmulatorThread, tmp_path: Path) 
 # -- 6. backlog and backpressure ---------------------------------------------------------------
 
 
+@pytest.mark.timeout(3600 if SOAK else 600)
 async def test_backlog_is_paced_with_bounded_memory(
     kafka_bootstrap: str, emulator: EmulatorThread, tmp_path: Path
 ) -> None:
-    soak = os.environ.get("STT_SOAK") == "1"
+    soak = SOAK
     seconds = 600 if soak else 25
     rss_bound_mib = 400
     rng = random.Random(600)
