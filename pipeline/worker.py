@@ -84,6 +84,8 @@ class _Partition:
     paused: bool = False
     blocked: bool = False  # waiting for a free session slot
     frozen: bool = False  # revoked, committed, waiting to learn whether it comes back: no commits
+    catch_up_to: int | None = None  # kept across a rebalance: records below this were handled already
+    kept_at_ms: float = 0.0
 
     @property
     def live(self) -> bool:
@@ -165,8 +167,15 @@ class Worker:
                             consumer.seek(tp, records[0].offset)
                         continue
                     for record in records:
+                        if record.offset < part.watermark.position:
+                            # handled already: the fetcher re-reads from the committed offset after a
+                            # rebalance that kept this partition; not live until it is back
+                            part.catch_up_to = part.watermark.position
+                            continue
+                        part.catch_up_to = None
                         if not self._handle(part, record):
                             break
+                await self._caught_up(consumer)
                 self._update_flow()
         finally:
             stop.set()  # the commit loop finishes its current transaction and returns; never cancel it
@@ -458,9 +467,21 @@ class Worker:
             if not part.frozen:
                 await self._commit(part)
 
+    async def _caught_up(self, consumer: AIOKafkaConsumer) -> None:
+        """A kept partition whose producer went quiet: caught up once a fetch answered after the
+        rebalance (the position is only trustworthy then: aiokafka resets it to the committed
+        offset after the assignment callback) and the position is back where the worker was."""
+        for part in list(self._parts.values()):
+            target = part.catch_up_to
+            if target is None or part.tp not in consumer.assignment():
+                continue
+            polled = consumer.last_poll_timestamp(part.tp)
+            if polled is not None and polled > part.kept_at_ms and await consumer.position(part.tp) >= target:
+                part.catch_up_to = None
+
     def _live(self, part: _Partition) -> bool:
         """Whether a quiet partition means a quiet speaker (so the pacer may fill silence)."""
-        if not part.live or part.frozen or self._consumer is None:
+        if not part.live or part.frozen or part.catch_up_to is not None or self._consumer is None:
             return False
         polled = self._consumer.last_poll_timestamp(part.tp)  # None: no fetch answered since assignment
         return polled is not None and time.time() * 1000 - polled <= FETCH_SILENCE_MS
@@ -505,8 +526,11 @@ class Worker:
         for partition in sorted(kept):  # sessions and sockets carry on where they were
             part = self._parts[partition]
             part.frozen = False
-            part.lagging = True  # until a fetch shows how far behind the rebalance left us
-            consumer.seek(part.tp, part.watermark.position)
+            # The fetcher may already be re-reading from the committed offset: those records were
+            # handled before the rebalance, so they are skipped, and the partition is not live
+            # (no silence fill) until the consumer is back where the worker was.
+            part.catch_up_to = part.watermark.position
+            part.kept_at_ms = time.time() * 1000
         if kept or lost:
             log.info("rebalanced: kept %s with their sessions, gave up %s", sorted(kept), sorted(lost))
         new = sorted(p for p in assigned if p not in self._parts)
