@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Literal
 
+from pipeline.contract import ProviderErrorInfo
+from pipeline.errors import ProviderError
+
 TurnEventType = Literal[
     "turn.start",
     "turn.update",
@@ -43,32 +46,22 @@ class TurnEvent:
     :ivar transcript: the turn's whole text so far, verbatim, on ``turn.update``, ``turn.eager_end``
         and ``turn.end``; None otherwise.
     :ivar request_id: the provider connection's request id, when known.
-    :ivar error: on ``session.error``: ``status_code`` (int or None), ``title``, ``message``,
-        ``error_code`` (str or None) and ``retryable`` (``status_code >= 500``).
+    :ivar error: on ``session.error``: the provider's error, read by
+        :meth:`pipeline.errors.ProviderError.from_event` (so ``retryable`` follows the one retry rule).
+        Its text is the provider's, unscrubbed.
     """
 
     type: TurnEventType
     turn: int | None = None
     transcript: str | None = None
     request_id: str | None = None
-    error: dict[str, Any] | None = None
+    error: ProviderErrorInfo | None = None
 
 
 def _error_event(event: Mapping[str, Any], request_id: str | None) -> TurnEvent:
     """Map a provider ``error`` event to ``session.error``."""
-    status = event.get("status_code")
-    status_code = status if isinstance(status, int) and not isinstance(status, bool) else None
-    error_code = event.get("error_code")
     return TurnEvent(
-        "session.error",
-        request_id=request_id,
-        error={
-            "status_code": status_code,
-            "title": str(event.get("title", "")),
-            "message": str(event.get("message", "")),
-            "error_code": error_code if isinstance(error_code, str) else None,
-            "retryable": status_code is not None and status_code >= 500,
-        },
+        "session.error", request_id=request_id, error=ProviderErrorInfo.from_error(ProviderError.from_event(event))
     )
 
 

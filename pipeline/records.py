@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pipeline.audio import ENCODINGS, Encoding, bytes_per_sample
+from pipeline.errors import InputError
 
 MessageType = Literal["audio", "finalize", "end"]
 Endpoint = Literal["auto", "manual"]
@@ -24,7 +25,7 @@ MAX_CHANNELS = 8
 DEFAULT_MODEL: dict[Endpoint, str] = {"auto": "ink-2", "manual": "ink-2"}
 
 
-class Rejected(ValueError):
+class Rejected(InputError):
     """A record that must go to the dead-letter topic; ``reason`` is a stable machine code."""
 
     def __init__(self, reason: str, detail: str) -> None:

@@ -1,12 +1,15 @@
 """The asyncio driver of one :class:`~pipeline.session.Session`: its STT socket, its timers.
 
 It is the session's only I/O: open the socket, send what :meth:`Session.poll` says when
-:meth:`Session.next_wakeup` says, feed every server frame to the session, and hand the session's
-output records to ``emit`` as soon as they exist. ``notify()`` wakes it when new input arrived.
+:meth:`Session.next_wakeup` says, feed every server frame (text or binary) to the session, and hand
+what :meth:`Session.take` returns (outputs and the checkpoint that counts them) to ``emit`` as soon as
+there are outputs. ``notify()`` wakes it when new input arrived.
 
-When the session asks for a reconnect (abnormal close, a 5xx, an unreachable or overloaded service)
-the runner waits an exponential backoff with jitter, lets the session rewind to its resume point and
-opens a fresh socket; the session bounds the number of attempts.
+A refused or failed connection becomes a :class:`~pipeline.errors.ProviderError` (a refused upgrade:
+:meth:`~pipeline.errors.ProviderError.from_handshake`; unreachable, timed out or a broken handshake:
+:meth:`~pipeline.errors.ProviderError.transport`) and the session applies the one retry rule. When
+the session asks for a reconnect, the runner waits an exponential backoff with jitter, lets the
+session rewind to its resume point and opens a fresh socket; the session bounds the number of attempts.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from pipeline import metrics
-from pipeline.session import Output, Session
+from pipeline.errors import ProviderError
+from pipeline.session import Session, Taken
 
 log = logging.getLogger("pipeline.runner")
 
@@ -33,7 +37,7 @@ class SessionRunner:
         session: Session,
         *,
         connect: Callable[[], Awaitable[ClientConnection]],
-        emit: Callable[[list[Output]], None],
+        emit: Callable[[Taken], None],
         input_live: Callable[[], bool],
         clock: Callable[[], float] = time.monotonic,
         backoff_base_s: float = 0.2,
@@ -53,9 +57,9 @@ class SessionRunner:
         self._wake.set()
 
     def _flush(self) -> None:
-        outputs = self.session.take_outputs()
-        if outputs:
-            self._emit(outputs)
+        taken = self.session.take()
+        if taken.outputs:
+            self._emit(taken)
 
     async def run(self) -> None:
         session = self.session
@@ -77,11 +81,11 @@ class SessionRunner:
         try:
             ws = await self._connect()
         except InvalidStatus as exc:
-            body = exc.response.body.decode("utf-8", "replace")[:500]
-            session.connect_failed(exc.response.status_code, f"STT upgrade refused: {exc.response.status_code} {body}")
+            response = exc.response
+            session.connect_failed(ProviderError.from_handshake(response.status_code, bytes(response.body or b"")))
             return
         except (OSError, TimeoutError, InvalidHandshake) as exc:
-            session.connect_failed(None, f"STT service unreachable: {exc!r}")
+            session.connect_failed(ProviderError.transport(repr(exc)))
             return
         reader = asyncio.create_task(self._read(ws))
         try:

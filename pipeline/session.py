@@ -8,9 +8,15 @@ service refused the session, or reconnecting gave up).
 The session never does I/O. Its driver (:mod:`pipeline.runner`) feeds it input messages
 (:meth:`Session.accept`), the STT server's text frames (:meth:`Session.on_message`) and the socket's
 closing (:meth:`Session.on_closed`), asks it what to send (:meth:`Session.poll`) and when to ask again
-(:meth:`Session.next_wakeup`), and publishes what :meth:`Session.take_outputs` returns, in order.
+(:meth:`Session.next_wakeup`), and publishes what :meth:`Session.take` returns, in order.
 Times are injected: ``now`` (monotonic seconds) drives pacing and deadlines; ``at_ms`` (Unix ms)
 stamps records.
+
+Outputs and checkpoint are taken together (:meth:`Session.take`): the checkpoint returned counts
+exactly the records returned by this and earlier takes, so a transaction that carries both is
+consistent. Retry decisions follow one rule, :attr:`pipeline.errors.ProviderError.retryable`.
+Provider text that goes into a record (error titles, messages and codes, close reasons, upgrade
+bodies, unreadable frames) passes through the injected ``scrub`` first.
 
 Recovery. The session *holds* every input record since its last final turn: the resume point. A
 crash restarts it there from its checkpoint (:meth:`Session.checkpoint`, :class:`Resume`); a lost STT
@@ -33,16 +39,18 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import orjson
 
 from pipeline import audio
+from pipeline.contract import Checkpoint, ProviderErrorInfo, SessionStatus, TranscriptRecord, TurnRecord, TurnType
+from pipeline.errors import ProviderError
 from pipeline.events import AutoNormalizer, ManualNormalizer, TranscriptAssembler, TurnEvent
 from pipeline.pacing import Pacer
 from pipeline.records import AudioFormat, InputMessage, MessageType, Rejected
 
-Status = Literal["complete", "truncated", "failed"]
+Status = SessionStatus
 Phase = Literal["streaming", "draining", "closing", "ended"]
 Topic = Literal["turns", "transcripts"]
 
@@ -63,8 +71,17 @@ class Output:
 
     topic: Topic
     key: str
-    record: dict[str, Any]
+    record: TurnRecord | TranscriptRecord
     final: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """What :meth:`Session.take` returns: the outputs since the last take, and the checkpoint as of
+    the same instant (its ``next_seq``/``next_transcript_seq`` count exactly these and earlier outputs)."""
+
+    outputs: list[Output]
+    checkpoint: Checkpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,27 +96,15 @@ class Resume:
     audio_ms: float
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: dict[str, Any]) -> Resume:
+    def from_checkpoint(cls, checkpoint: Checkpoint) -> Resume:
         return cls(
-            next_seq=checkpoint["next_seq"],
-            next_turn=checkpoint["next_turn"],
-            next_transcript_seq=checkpoint["next_transcript_seq"],
-            transcript=checkpoint["transcript"],
-            next_input_seq=checkpoint["next_input_seq"],
-            audio_ms=checkpoint["audio_ms"],
+            next_seq=checkpoint.next_seq,
+            next_turn=checkpoint.next_turn,
+            next_transcript_seq=checkpoint.next_transcript_seq,
+            transcript=checkpoint.transcript,
+            next_input_seq=checkpoint.next_input_seq,
+            audio_ms=checkpoint.audio_ms,
         )
-
-
-def checkpoint_format(checkpoint: dict[str, Any]) -> AudioFormat:
-    """The audio format a checkpointed session was opened with."""
-    return AudioFormat(
-        encoding=checkpoint["encoding"],
-        sample_rate=checkpoint["sample_rate"],
-        channels=checkpoint["channels"],
-        endpoint=checkpoint["endpoint"],
-        model=checkpoint["model"],
-        language=checkpoint["language"],
-    )
 
 
 @dataclass(slots=True)
@@ -113,10 +118,13 @@ class _Held:
     data: bytes  # mono audio in the session's encoding; empty for finalize/end
 
 
-def _error(
-    code: str, title: str, message: str, status_code: int | None = None, retryable: bool = False
-) -> dict[str, Any]:
-    return {"status_code": status_code, "title": title, "message": message, "error_code": code, "retryable": retryable}
+def _error(code: str, title: str, message: str) -> ProviderErrorInfo:
+    """An error of the pipeline's own (no status, not retried)."""
+    return ProviderErrorInfo(status_code=None, title=title, message=message, error_code=code, retryable=False)
+
+
+def _truncate(text: str) -> str:
+    return text[:512]
 
 
 class Session:
@@ -131,8 +139,11 @@ class Session:
         config: SessionConfig,
         wall_ms: Callable[[], int],
         resume: Resume | None = None,
+        scrub: Callable[[str], str] = _truncate,
     ) -> None:
+        """:param scrub: applied to every provider-originated text before it goes into a record."""
         self.session_id = session_id
+        self._scrub = scrub
         self.format = fmt
         self.first_offset = first_offset
         self.config = config
@@ -344,11 +355,7 @@ class Session:
             margin = int(self.config.replay_margin_ms * self._bytes_per_s / 1000)
             self._release_through(self._sent_audio - margin)
         if kind == "error":
-            status = event.get("status_code")
-            if isinstance(status, int) and status >= 500:
-                self.needs_reconnect = True
-            else:
-                self._end("failed")
+            self._after_error(ProviderError.from_event(event))
 
     def on_closed(self, code: int | None, reason: str = "") -> None:
         """The STT socket closed (``code`` None: no close frame, an abnormal closure)."""
@@ -359,33 +366,32 @@ class Session:
             self._close_open_manual_turn()
             self._end("complete")
             return
-        self._emit_turn(
-            "session.error",
-            error=_error(
-                "stt_closed",
-                "STT connection closed",
-                f"the STT server closed the connection (code {code}, reason {reason!r}) before the session drained",
-                retryable=code != 1008,
-            ),
-        )
-        if code == 1008:
-            self._end("failed")
-        else:
-            self.needs_reconnect = True
+        error = ProviderError.closed(code, reason)
+        self._emit_turn("session.error", error=ProviderErrorInfo.from_error(error))
+        self._after_error(error)
 
-    def connect_failed(self, status_code: int | None, message: str) -> None:
-        """The STT socket could not be opened: retry later (unreachable, 5xx, 429) or fail (other 4xx)."""
+    def connect_failed(self, error: ProviderError) -> None:
+        """The STT socket could not be opened (see :meth:`ProviderError.from_handshake`, ``.transport``)."""
         if self.ended:
             return
-        retryable = status_code is None or status_code >= 500 or status_code == 429
-        self._emit_turn(
-            "session.error",
-            error=_error("stt_connect_failed", "STT connection refused", message, status_code, retryable),
-        )
-        if retryable:
+        self._emit_turn("session.error", error=ProviderErrorInfo.from_error(error))
+        self._after_error(error)
+
+    def _after_error(self, error: ProviderError) -> None:
+        """The one retry rule: reconnect if ``error`` is retryable, else fail."""
+        if self.ended:
+            return
+        if error.retryable:
             self.needs_reconnect = True
         else:
             self._end("failed")
+
+    def fail(self, code: str, message: str) -> None:
+        """End the session now as ``failed`` with a ``session.error`` (e.g. its driver crashed)."""
+        if self.ended:
+            return
+        self._emit_turn("session.error", error=_error(code, "Session failed", message))
+        self._end("failed")
 
     def reconnect(self) -> None:
         """Start over on a fresh connection from the resume point (the audio since the last final turn)."""
@@ -394,9 +400,7 @@ class Session:
         if self.reconnects >= self.config.max_reconnects:
             self._emit_turn(
                 "session.error",
-                error=_error(
-                    "stt_gave_up", "STT unavailable", f"gave up after {self.reconnects} reconnect attempts"
-                ),
+                error=_error("stt_gave_up", "STT unavailable", f"gave up after {self.reconnects} reconnect attempts"),
             )
             self._end("failed")
             return
@@ -436,9 +440,10 @@ class Session:
 
     # -- outputs ---------------------------------------------------------------------------------
 
-    def take_outputs(self) -> list[Output]:
+    def take(self) -> Taken:
+        """The outputs produced since the last take, with the checkpoint that accounts for exactly them."""
         out, self._outputs = self._outputs, []
-        return out
+        return Taken(out, self.checkpoint())
 
     @property
     def audio_ms(self) -> float:
@@ -448,28 +453,30 @@ class Session:
     def _text_so_far(self) -> str:
         return self._prior + self.assembler.session_transcript
 
-    def checkpoint(self) -> dict[str, Any]:
-        """The session's restart state (a `stt.sessions` record)."""
+    def checkpoint(self) -> Checkpoint:
+        """The session's restart state (a `stt.sessions` record), counting every output produced so far,
+        taken or not: a commit must use :meth:`take`, which returns both at once."""
         start = self._held[0].start if self._held else self._pushed
-        return {
-            "session_id": self.session_id,
-            "status": self.status or "open",
-            "resume_offset": self.resume_offset,
-            "next_seq": self._turn_seq,
-            "next_turn": self.assembler.next_turn,
-            "next_transcript_seq": self._transcript_seq,
-            "next_input_seq": self._held[0].seq if self._held else self._next_in,
-            "transcript": self._text_so_far(),
-            "audio_ms": _ms(start * 1000.0 / self._bytes_per_s),
-            "close_offset": self.close_offset,
-            "endpoint": self.format.endpoint,
-            "encoding": self.format.encoding,
-            "sample_rate": self.format.sample_rate,
-            "channels": self.format.channels,
-            "model": self.format.model,
-            "language": self.format.language,
-            "at": self._wall_ms(),
-        }
+        fmt = self.format
+        return Checkpoint(
+            session_id=self.session_id,
+            status=self.status or "open",
+            resume_offset=self.resume_offset,
+            next_seq=self._turn_seq,
+            next_turn=self.assembler.next_turn,
+            next_transcript_seq=self._transcript_seq,
+            next_input_seq=self._held[0].seq if self._held else self._next_in,
+            transcript=self._text_so_far(),
+            audio_ms=_ms(start * 1000.0 / self._bytes_per_s),
+            close_offset=self.close_offset,
+            endpoint=fmt.endpoint,
+            encoding=fmt.encoding,
+            sample_rate=fmt.sample_rate,
+            channels=fmt.channels,
+            model=fmt.model,
+            language=fmt.language,
+            at=self._wall_ms(),
+        )
 
     def _seamed(self, event: TurnEvent) -> TurnEvent:
         text = event.transcript
@@ -494,49 +501,59 @@ class Session:
     def _end(self, status: Status) -> None:
         self.status = status
         self.phase = "ended"
-        if self.close_offset is None:
-            self.close_offset = self._next_offset - 1
+        if self.close_offset is None:  # the record being handled; offset 0 if it never handled one
+            self.close_offset = max(self._next_offset - 1, 0)
         self._held.clear()
         self._emit_turn("session.end", status=status)
         self._emit_transcript("session", self.assembler.next_turn, self._text_so_far(), status)
 
+    def _scrubbed(self, error: ProviderErrorInfo) -> ProviderErrorInfo:
+        code = error.error_code
+        return ProviderErrorInfo(
+            status_code=error.status_code,
+            title=self._scrub(error.title),
+            message=self._scrub(error.message),
+            error_code=None if code is None else self._scrub(code),
+            retryable=error.retryable,
+        )
+
     def _emit_turn(
         self,
-        kind: str,
+        kind: TurnType,
         *,
         turn: int | None = None,
         transcript: str | None = None,
-        error: dict[str, Any] | None = None,
+        error: ProviderErrorInfo | None = None,
         status: Status | None = None,
         request_id: str | None = None,
     ) -> None:
-        record: dict[str, Any] = {
-            "session_id": self.session_id,
-            "seq": self._turn_seq,
-            "type": kind,
-            "endpoint": self.format.endpoint,
-            "request_id": request_id or self.request_id,
-            "audio_ms": _ms(self.audio_ms),
-            "at": self._wall_ms(),
-        }
-        for name, value in (("turn", turn), ("transcript", transcript), ("error", error), ("status", status)):
-            if value is not None:
-                record[name] = value
+        record = TurnRecord(
+            session_id=self.session_id,
+            seq=self._turn_seq,
+            type=kind,
+            endpoint=self.format.endpoint,
+            request_id=request_id or self.request_id,
+            audio_ms=_ms(self.audio_ms),
+            at=self._wall_ms(),
+            turn=turn,
+            transcript=transcript,
+            error=None if error is None else self._scrubbed(error),
+            status=status,
+        )
         self._turn_seq += 1
-        final = kind in ("turn.end", "session.end", "session.start", "session.error")
-        self._outputs.append(Output("turns", self.session_id, record, final))
+        self._outputs.append(Output("turns", self.session_id, record, record.final))
 
     def _emit_transcript(self, kind: Literal["turn", "session"], turn: int, text: str, status: Status) -> None:
-        record = {
-            "kind": kind,
-            "session_id": self.session_id,
-            "seq": self._transcript_seq,
-            "turn": turn,
-            "transcript": text,
-            "status": status,
-            "audio_ms": _ms(self.audio_ms),
-            "at": self._wall_ms(),
-        }
+        record = TranscriptRecord(
+            kind=kind,
+            session_id=self.session_id,
+            seq=self._transcript_seq,
+            turn=turn,
+            transcript=text,
+            status=status,
+            audio_ms=_ms(self.audio_ms),
+            at=self._wall_ms(),
+        )
         self._transcript_seq += 1
         self._outputs.append(Output("transcripts", self.session_id, record, True))
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import OrderedDict
@@ -31,13 +32,14 @@ from aiokafka.abc import ConsumerRebalanceListener
 
 from pipeline import metrics
 from pipeline.config import WorkerConfig
+from pipeline.contract import Checkpoint
 from pipeline.kafka.checkpoints import load_checkpoints
 from pipeline.kafka.topics import ensure_topics
 from pipeline.kafka.transactions import Extra, Fenced, PartitionTransactions
 from pipeline.offsets import PartitionWatermark
 from pipeline.records import AudioFormat, InputMessage, Rejected, dead_letter, parse
 from pipeline.runner import SessionRunner
-from pipeline.session import Output, Resume, Session, SessionConfig, checkpoint_format
+from pipeline.session import Resume, Session, SessionConfig, Taken
 from pipeline.stt.client import open_socket
 
 log = logging.getLogger("pipeline.worker")
@@ -53,10 +55,10 @@ def wall_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _same(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+def _same(a: Checkpoint | None, b: Checkpoint | None) -> bool:
     if a is None or b is None:
         return a is b
-    return {**a, "at": 0} == {**b, "at": 0}
+    return dataclasses.replace(a, at=0) == dataclasses.replace(b, at=0)
 
 
 @dataclass
@@ -77,8 +79,8 @@ class _Partition:
     tp: TopicPartition
     watermark: PartitionWatermark
     txn: PartitionTransactions
-    checkpoints: dict[str, dict[str, Any]]  # latest known state of every recorded session
-    committed: dict[str, dict[str, Any]]  # what stt.sessions holds, as of our last commit
+    checkpoints: dict[str, Checkpoint]  # latest known state of every recorded session
+    committed: dict[str, Checkpoint]  # what stt.sessions holds, as of our last commit
     dormant: dict[str, float] = field(default_factory=dict)  # open checkpoints not yet resumed: since
     lagging: bool = False
     paused: bool = False
@@ -223,16 +225,16 @@ class Worker:
         """The session a record opens or resumes, or None if the record is skipped (or blocked)."""
         session_id = message.session_id
         checkpoint = part.checkpoints.get(session_id)
-        if checkpoint is not None and checkpoint["status"] != "open":
-            if offset <= checkpoint["close_offset"]:
+        if checkpoint is not None and checkpoint.status != "open":
+            if checkpoint.close_offset is not None and offset <= checkpoint.close_offset:
                 self.stats.replay_skipped += 1  # input of a session that already ended
                 return None
-            if message.seq < checkpoint["next_input_seq"]:
+            if message.seq < checkpoint.next_input_seq:
                 self.stats.duplicates += 1
                 return None
-            raise Rejected("after_end", f"session {session_id!r} already ended ({checkpoint['status']})")
+            raise Rejected("after_end", f"session {session_id!r} already ended ({checkpoint.status})")
         if checkpoint is not None:
-            if offset < checkpoint["resume_offset"]:
+            if offset < checkpoint.resume_offset:
                 self.stats.replay_skipped += 1  # transcribed before a restart
                 return None
             if not self._slot_free(part, offset):
@@ -240,7 +242,7 @@ class Worker:
             part.dormant.pop(session_id, None)
             self.stats.sessions_resumed += 1
             resume = Resume.from_checkpoint(checkpoint)
-            return self._start_session(session_id, checkpoint_format(checkpoint), part, offset, resume)
+            return self._start_session(session_id, checkpoint.format, part, offset, resume)
         if session_id in self._completed:
             if message.seq <= self._completed[session_id]:
                 self.stats.duplicates += 1
@@ -296,7 +298,7 @@ class Worker:
         runner = SessionRunner(
             session,
             connect=lambda: open_socket(config.stt_base_url, fmt, config.api_key, config.stt_version),
-            emit=lambda outputs: self._emit(holder[0], outputs),
+            emit=lambda taken: self._emit(holder[0], taken),
             input_live=lambda: self._live(part),
         )
         now = time.monotonic()
@@ -306,15 +308,16 @@ class Worker:
         part.watermark.hold(session_id, session.resume_offset)
         self.stats.sessions_opened += 1
         metrics.OPEN_SESSIONS.inc()
-        self._emit(current, session.take_outputs())
+        self._emit(current, session.take())
         current.task = asyncio.create_task(self._run_session(current), name=f"session:{session_id}")
         return current
 
-    def _emit(self, current: _Open, outputs: list[Output]) -> None:
+    def _emit(self, current: _Open, taken: Taken) -> None:
         part = self._parts.get(current.partition)
+        outputs = taken.outputs
         if part is None or not outputs:
             return
-        acks = part.txn.add([(self._topics[o.topic], o.key, o.record) for o in outputs])
+        acks = part.txn.add([(self._topics[o.topic], o.key, o.record.to_dict()) for o in outputs])
         emitted = time.monotonic()
         session = current.session
         final = session.ended
@@ -344,7 +347,9 @@ class Worker:
         status = session.status or "failed"
         part = self._parts.get(current.partition)
         if part is not None:
-            part.checkpoints[session.session_id] = session.checkpoint()
+            taken = session.take()
+            self._emit(current, taken)
+            part.checkpoints[session.session_id] = taken.checkpoint
             part.watermark.release(session.session_id)
         self._open.pop(session.session_id, None)
         self._completed[session.session_id] = current.last_seq
@@ -400,15 +405,16 @@ class Worker:
                 checkpoint = part.checkpoints[session_id]
                 session = Session(
                     session_id,
-                    checkpoint_format(checkpoint),
-                    first_offset=checkpoint["resume_offset"],
+                    checkpoint.format,
+                    first_offset=checkpoint.resume_offset,
                     config=self.session_config,
                     wall_ms=wall_ms,
                     resume=Resume.from_checkpoint(checkpoint),
                 )
                 session.truncate("idle_timeout", "no input after a restart (lost `end`?)")
-                part.txn.add([(self._topics[o.topic], o.key, o.record) for o in session.take_outputs()])
-                part.checkpoints[session_id] = session.checkpoint()
+                taken = session.take()
+                part.txn.add([(self._topics[o.topic], o.key, o.record.to_dict()) for o in taken.outputs])
+                part.checkpoints[session_id] = taken.checkpoint
                 part.watermark.release(session_id)
 
     # -- transactions, flow, rebalancing ---------------------------------------------------------
@@ -419,16 +425,18 @@ class Worker:
         for session_id, current in self._open.items():
             if current.partition == part.tp.partition:
                 part.watermark.hold(session_id, current.session.resume_offset)
-                part.checkpoints[session_id] = current.session.checkpoint()
+                taken = current.session.take()  # the outputs the checkpoint counts go into this transaction
+                self._emit(current, taken)
+                part.checkpoints[session_id] = taken.checkpoint
         offset = part.watermark.committable()
         extra: Extra = []
         for session_id, checkpoint in list(part.checkpoints.items()):
             committed = part.committed.get(session_id)
-            finished = checkpoint["status"] != "open"
-            if finished and _same(committed, checkpoint) and checkpoint["close_offset"] < offset:
+            passed = checkpoint.close_offset is not None and checkpoint.close_offset < offset
+            if checkpoint.status != "open" and _same(committed, checkpoint) and passed:
                 extra.append((topic, session_id, None))  # the watermark passed it: forget the session
             elif not _same(committed, checkpoint):
-                extra.append((topic, session_id, checkpoint))
+                extra.append((topic, session_id, checkpoint.to_dict()))
         return offset, extra
 
     async def _commit(self, part: _Partition) -> bool:
@@ -447,7 +455,7 @@ class Worker:
                 part.committed.pop(session_id, None)
                 part.checkpoints.pop(session_id, None)
             else:
-                part.committed[session_id] = dict(checkpoint)
+                part.committed[session_id] = Checkpoint.from_json(checkpoint)
         return True
 
     async def _commit_loop(self, stop: asyncio.Event) -> None:
@@ -548,8 +556,8 @@ class Worker:
             part = _Partition(tp, PartitionWatermark(position), txns[partition], checkpoints, dict(checkpoints))
             part.txn.committed_offset = position
             for session_id, checkpoint in part.checkpoints.items():
-                if checkpoint["status"] == "open":
-                    part.watermark.hold(session_id, checkpoint["resume_offset"])
+                if checkpoint.status == "open":
+                    part.watermark.hold(session_id, checkpoint.resume_offset)
                     part.dormant[session_id] = now
             self._parts[partition] = part
         log.info("assigned %s (%d checkpoints)", new, sum(len(loaded[p]) for p in new))

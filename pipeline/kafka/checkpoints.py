@@ -3,22 +3,25 @@
 `stt.sessions` is compacted and partitioned like `stt.audio`, so a worker that is assigned input
 partition *p* reads partition *p* of `stt.sessions` from the beginning to its end (``read_committed``:
 only checkpoints whose transaction committed) before it consumes *p*. A tombstone removes a session.
+A record that is not a valid checkpoint raises :class:`~pipeline.errors.ContractError`: skipping it
+would restart its session from scratch and publish its turns twice.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from pipeline.contract import Checkpoint
+from pipeline.errors import ContractError
 
 
 async def load_checkpoints(
     bootstrap_servers: str, topic: str, partitions: list[int], timeout_s: float = 60.0
-) -> dict[int, dict[str, dict[str, Any]]]:
+) -> dict[int, dict[str, Checkpoint]]:
     """``{partition: {session_id: checkpoint}}`` as of the end of each partition."""
-    result: dict[int, dict[str, dict[str, Any]]] = {p: {} for p in partitions}
+    result: dict[int, dict[str, Checkpoint]] = {p: {} for p in partitions}
     if not partitions:
         return result
     consumer = AIOKafkaConsumer(
@@ -51,7 +54,10 @@ async def load_checkpoints(
                         if record.value is None:
                             sessions.pop(key, None)
                         else:
-                            sessions[key] = orjson.loads(record.value)
+                            try:
+                                sessions[key] = Checkpoint.from_json(record.value)
+                            except ContractError as exc:
+                                raise ContractError(f"{topic} p{tp.partition}@{record.offset}: {exc}") from None
     finally:
         await consumer.stop()
     return result

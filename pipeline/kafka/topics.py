@@ -8,12 +8,13 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import for_code
 
 from pipeline.config import WorkerConfig
+from pipeline.errors import KafkaSetupError
 
 log = logging.getLogger("pipeline.kafka.topics")
 TOPIC_ALREADY_EXISTS = 36
 
 
-class TopicSetupError(RuntimeError):
+class TopicSetupError(KafkaSetupError):
     """The worker's topics are missing and could not be created."""
 
 

@@ -23,6 +23,8 @@ import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import ProducerFenced
 
+from pipeline.errors import DeliveryError
+
 log = logging.getLogger("pipeline.kafka.transactions")
 
 
@@ -51,7 +53,7 @@ Queued = tuple[str, bytes | None, bytes | None, Acks | None]
 Extra = list[tuple[str, str, Mapping[str, Any] | None]]
 
 
-class Fenced(RuntimeError):
+class Fenced(DeliveryError):
     """Another worker now owns this partition's transactional id."""
 
 

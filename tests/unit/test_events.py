@@ -10,6 +10,7 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from pipeline.contract import ProviderErrorInfo
 from pipeline.events import (
     AutoNormalizer,
     AutoState,
@@ -261,7 +262,7 @@ def test_auto_end_without_transcript_keeps_the_last_text() -> None:
     assert n.anomalies["missing_transcript"] == 2
 
 
-@pytest.mark.parametrize(("status", "retryable"), [(500, True), (503, True), (400, False), (429, False)])
+@pytest.mark.parametrize(("status", "retryable"), [(500, True), (503, True), (400, False), (401, False), (429, True)])
 def test_auto_error_is_a_session_error(status: int, retryable: bool) -> None:
     n = AutoNormalizer()
     feed_all(n, [ev("turn.start"), ev("turn.update", "a")])
@@ -280,27 +281,34 @@ def test_auto_error_is_a_session_error(status: int, retryable: bool) -> None:
         TurnEvent(
             "session.error",
             request_id="req-9",
-            error={
-                "status_code": status,
-                "title": "Invalid model",
-                "message": "No such model",
-                "error_code": "model_not_found",
-                "retryable": retryable,
-            },
+            error=ProviderErrorInfo(
+                status_code=status,
+                title="Invalid model",
+                message="No such model",
+                error_code="model_not_found",
+                retryable=retryable,
+            ),
         )
     ]
     assert n.state is AutoState.SPEAKING  # the turn state is left alone
 
 
-@pytest.mark.parametrize("status", [None, "500", True])
-def test_auto_error_without_a_usable_status_is_not_retryable(status: object) -> None:
+@pytest.mark.parametrize("status", [None, True, "abc", 500.5, 42, [500], {"code": 500}])
+def test_auto_error_without_a_usable_status_is_retryable_like_a_transport_loss(status: object) -> None:
     n = AutoNormalizer()
     e: dict[str, Any] = {"type": "error"}
     if status is not None:
         e["status_code"] = status
     (out,) = n.feed(e)
-    assert out.error == {"status_code": None, "title": "", "message": "", "error_code": None, "retryable": False}
+    assert out.error == ProviderErrorInfo(status_code=None, title="", message="", error_code=None, retryable=True)
     assert out.turn is None and out.transcript is None
+
+
+@pytest.mark.parametrize(("status", "code"), [(500.0, 500), ("503", 503), (" 429 ", 429), (404.0, 404)])
+def test_auto_error_status_given_as_float_or_string_is_read_as_an_integer(status: object, code: int) -> None:
+    (out,) = AutoNormalizer().feed({"type": "error", "status_code": status})
+    assert out.error is not None and out.error.status_code == code
+    assert out.error.retryable is (code != 404)
 
 
 @pytest.mark.parametrize("e", [{"type": "turn.sideways"}, {"type": "transcript", "text": "x"}, {}, {"type": 5}])
@@ -527,7 +535,7 @@ def test_manual_error_and_unknown_events() -> None:
     n = ManualNormalizer()
     (err,) = n.feed({"type": "error", "status_code": 502, "title": "Bad gateway", "message": "upstream"})
     assert err.type == "session.error"
-    assert err.error is not None and err.error["retryable"] is True
+    assert err.error is not None and err.error.retryable is True
     assert n.feed({"type": "connected", "request_id": "r"}) == []
     assert n.feed({"type": "turn.start"}) == []
     assert n.unknown_events == 2
