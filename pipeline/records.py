@@ -23,7 +23,7 @@ import base64
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
 import orjson
 
@@ -55,18 +55,7 @@ Reason = Literal[
     "oversized",
     "unparseable",
 ]
-REASONS: Final[tuple[str, ...]] = (
-    "missing_session_id",
-    "bad_header",
-    "bad_value",
-    "unknown_encoding",
-    "partial_sample",
-    "encoding_changed",
-    "after_end",
-    "no_session",
-    "oversized",
-    "unparseable",
-)
+REASONS: Final[tuple[Reason, ...]] = get_args(Reason)
 """Every dead-letter reason code, as listed in ``schemas/dead-letter.schema.json``."""
 
 ECHO_CHARS: Final = 64
