@@ -12,6 +12,7 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator, ValidationError
 
+from pipeline.records import REASONS
 from pipeline.schemas import SCHEMA_DIR, SCHEMA_FILES, SchemaKind, load_schema, validate, validator
 
 AT = 1_767_225_600_000
@@ -70,6 +71,7 @@ VALID_DEAD_LETTER: dict[str, Any] = {
     "source": {"topic": "stt.audio", "partition": 0, "offset": 17, "timestamp": None},
     "headers": {"type": "audio", "seq": "4", "garbage": None},
     "value_b64": "AAEC",
+    "value_size": 3,
     "at": AT,
 }
 VALID_CHECKPOINT: dict[str, Any] = {
@@ -262,12 +264,33 @@ def test_invalid_transcript_fields(changes: dict[str, Any]) -> None:
 # -- stt.dead-letter -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "reason",
-    ["bad_header", "unknown_encoding", "partial_sample", "encoding_changed", "after_end", "missing_session_id"],
-)
+@pytest.mark.parametrize("reason", REASONS)
 def test_valid_dead_letters(reason: str) -> None:
     validate("dead_letter", with_(VALID_DEAD_LETTER, reason=reason, session_id="call-42"))
+
+
+def test_the_dead_letter_schema_lists_every_reason() -> None:
+    reason = load_schema("dead_letter")["properties"]["reason"]
+    assert reason["examples"] == list(REASONS)
+    for code in REASONS:
+        assert f"{code}:" in reason["description"]
+
+
+def test_truncated_dead_letter() -> None:
+    truncated = with_(
+        VALID_DEAD_LETTER,
+        value_size=900_000,
+        value_truncated=True,
+        value_sha256="ab" * 32,
+        headers_truncated=True,
+    )
+    validate("dead_letter", truncated)
+    invalid("dead_letter", without(truncated, "value_sha256"))
+    invalid("dead_letter", without(truncated, "value_truncated"))
+    invalid("dead_letter", with_(truncated, value_truncated=False))
+    invalid("dead_letter", with_(truncated, headers_truncated=False))
+    invalid("dead_letter", with_(truncated, value_sha256="AB" * 32))
+    invalid("dead_letter", with_(truncated, value_sha256="ab" * 31))
 
 
 @pytest.mark.parametrize("value_b64", ["", "AA==", "AAA=", "AAEC", "+/+/"])
@@ -288,6 +311,12 @@ def test_dead_letter_base64_accepted(value_b64: str) -> None:
         {"source": {"topic": "stt.audio", "partition": 0, "offset": 17}},
         {"source": {"topic": "stt.audio", "partition": -1, "offset": 17, "timestamp": None}},
         {"session_id": 3},
+        {"session_id": "s" * 1025},
+        {"detail": "d" * 1025},
+        {"headers": {"h" * 1025: "x"}},
+        {"headers": {"h": "x" * 1025}},
+        {"value_size": -1},
+        {"value_size": "3"},
         {"extra": "x"},
     ],
 )
@@ -295,7 +324,9 @@ def test_invalid_dead_letters(changes: dict[str, Any]) -> None:
     invalid("dead_letter", with_(VALID_DEAD_LETTER, **changes))
 
 
-@pytest.mark.parametrize("key", ["reason", "detail", "session_id", "source", "headers", "value_b64", "at"])
+@pytest.mark.parametrize(
+    "key", ["reason", "detail", "session_id", "source", "headers", "value_b64", "value_size", "at"]
+)
 def test_dead_letter_fields_are_required(key: str) -> None:
     invalid("dead_letter", without(VALID_DEAD_LETTER, key))
 
@@ -353,6 +384,12 @@ def test_valid_audio_headers(headers: dict[str, str]) -> None:
         {"type": "end", "seq": "1", "endpoint": "semi"},
         {"type": "end", "seq": "1", "channels": "0"},
         {"type": "end", "seq": "1", "custom": None},
+        {"type": "end", "seq": "1", "custom": "x" * 1025},
+        {"type": "end", "seq": "1", "h" * 257: "x"},
+        {"type": "end", "seq": "1" * 19},
+        {"type": "audio", "seq": "0", "encoding": "pcm_s16le", "sample_rate": "7999"},
+        {"type": "audio", "seq": "0", "encoding": "pcm_s16le", "sample_rate": "48001"},
+        {"type": "end", "seq": "1", "channels": "9"},
     ],
 )
 def test_invalid_audio_headers(headers: dict[str, Any]) -> None:
