@@ -23,8 +23,9 @@ import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import ProducerFenced
 
-log = logging.getLogger("pipeline.kafka.transactions")
+from pipeline.settings import Settings
 
+log = logging.getLogger("pipeline.kafka.transactions")
 
 
 class Acks:
@@ -60,7 +61,13 @@ def transactional_id(group_id: str, topic: str, partition: int) -> str:
 
 
 class PartitionTransactions:
-    def __init__(self, bootstrap_servers: str, group_id: str, input_tp: TopicPartition) -> None:
+    """``settings`` supplies the producer's tuning (``producer_linger_ms``, ``producer_request_timeout_ms``,
+    ``max_request_size``); without it, the defaults of :class:`~pipeline.settings.Settings`."""
+
+    def __init__(
+        self, bootstrap_servers: str, group_id: str, input_tp: TopicPartition, settings: Settings | None = None
+    ) -> None:
+        tuning = settings if settings is not None else Settings.load(env={})
         self.bootstrap_servers = bootstrap_servers
         self.group_id = group_id
         self.input_tp = input_tp
@@ -71,6 +78,9 @@ class PartitionTransactions:
         self.committed_offset: int | None = None
         self.transactions = 0
         self.failures = 0
+        self._linger_ms = tuning.producer_linger_ms
+        self._request_timeout_ms = tuning.producer_request_timeout_ms
+        self._max_request_size = tuning.max_request_size
 
     async def start(self) -> None:
         self._producer = AIOKafkaProducer(
@@ -78,8 +88,9 @@ class PartitionTransactions:
             transactional_id=self.transactional_id,
             enable_idempotence=True,
             acks="all",
-            linger_ms=2,
-            request_timeout_ms=15000,
+            linger_ms=self._linger_ms,
+            request_timeout_ms=self._request_timeout_ms,
+            max_request_size=self._max_request_size,
         )
         await self._producer.start()
 
