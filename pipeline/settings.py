@@ -177,6 +177,15 @@ class Settings(BaseSettings):
         except ValidationError as exc:
             raise _settings_error(exc) from None
 
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _bootstrap(cls, value: str) -> str:
+        for entry in value.split(","):
+            host, _, port = entry.strip().rpartition(":") if ":" in entry else (entry.strip(), "", "")
+            if not host or any(c.isspace() for c in host) or (port and not (port.isdigit() and 0 < int(port) < 65536)):
+                raise _problem("KAFKA_BOOTSTRAP_SERVERS", f"must be host:port[,host:port...], got {value!r}")
+        return value
+
     @field_validator("stt_base_url")
     @classmethod
     def _stt_url(cls, value: str) -> str:
