@@ -181,8 +181,11 @@ class Settings(BaseSettings):
     @classmethod
     def _bootstrap(cls, value: str) -> str:
         for entry in value.split(","):
-            host, _, port = entry.strip().rpartition(":") if ":" in entry else (entry.strip(), "", "")
-            if not host or any(c.isspace() for c in host) or (port and not (port.isdigit() and 0 < int(port) < 65536)):
+            host, colon, port = entry.strip().rpartition(":")
+            if not colon:
+                host, port = port, ""
+            port_ok = not port or (port.isdigit() and 0 < int(port) < 65536)
+            if not host or any(c.isspace() for c in host) or not port_ok:
                 raise _problem("KAFKA_BOOTSTRAP_SERVERS", f"must be host:port[,host:port...], got {value!r}")
         return value
 

@@ -376,3 +376,14 @@ def test_emulator_listens_where_the_worker_looks() -> None:
     assert listen_address(Settings.load(env={"STT_BASE_URL": "http://127.0.0.1:9123"})) == ("127.0.0.1", 9123)
     assert listen_address(Settings.load(env={"STT_BASE_URL": "ws://localhost"})) == ("localhost", 80)
     assert listen_address(Settings.load(env={})) == ("127.0.0.1", 8080)
+
+
+def test_worker_process_environment_round_trips(key_file: Path) -> None:
+    from tests.support.config import worker_config
+    from tests.support.workers import config_env
+
+    config = worker_config("127.0.0.1:1", "http://127.0.0.1:2", frame_ms=80, create_topics=False)
+    assert Settings.load(env=config_env(config)) == config
+    assert config_env(config)["CARTESIA_API_KEY"] == "test-key"
+    from_file = config.replace(api_key="", api_key_file=key_file)
+    assert Settings.load(env=config_env(from_file)).stt_api_key() == SECRET
