@@ -151,7 +151,10 @@ class Settings(BaseSettings):
         250, "STT_FETCH_SILENCE_MS", "no fetch response this long: the partition counts as not live", ge=1
     )
     completed_memory: int = _setting(
-        100_000, "STT_COMPLETED_MEMORY", "ended session ids remembered (late records for them are dead-lettered)", ge=1
+        100_000,
+        "STT_COMPLETED_MEMORY",
+        "ended sessions remembered (their late records: duplicates dropped, others dead-lettered)",
+        ge=1,
     )
     max_key_bytes: int = _setting(256, "STT_MAX_KEY_BYTES", "longest accepted record key (session id)", ge=1)
     max_header_bytes: int = _setting(1024, "STT_MAX_HEADER_BYTES", "longest accepted record header value", ge=1)
