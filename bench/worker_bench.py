@@ -54,10 +54,10 @@ from aiokafka import AIOKafkaConsumer
 
 from pipeline import audio, metrics
 from pipeline.audio import Encoding
-from pipeline.config import WorkerConfig
 from pipeline.emulator.engines.tones import script_text, synthesize
 from pipeline.pacing import Pacer
 from pipeline.records import parse
+from pipeline.settings import Settings
 from pipeline.tools.produce import TopicNotFound, plan_records, produce_audio
 from pipeline.worker import Worker
 
@@ -286,7 +286,7 @@ def session_records(spec: SessionSpec, encoding: Encoding, rate: int, chunk_ms: 
     ]
 
 
-def pace_alone(records: Sequence[tuple[Record, float]], config: WorkerConfig) -> int:
+def pace_alone(records: Sequence[tuple[Record, float]], config: Settings) -> int:
     """Parse each record and push it through a Pacer polled on a virtual clock; returns frames produced."""
     pacer: Pacer | None = None
     frames = 0
@@ -322,7 +322,7 @@ def pace_alone(records: Sequence[tuple[Record, float]], config: WorkerConfig) ->
 def measure_floor(
     sessions: Sequence[SessionSpec], encoding: Encoding, rate: int, chunk_ms: float, audio_s: float, min_cpu_s: float
 ) -> dict[str, float]:
-    config = WorkerConfig()
+    config = Settings.load(env={})
     prepared = [session_records(s, encoding, rate, chunk_ms) for s in sessions]
     rounds = 0
     frames = 0
@@ -469,7 +469,7 @@ def ended_total(worker: Worker) -> int:
     return sum(worker.stats.sessions_ended.values())
 
 
-async def warm_up(worker: Worker, task: asyncio.Task[None], config: WorkerConfig, tag: str) -> int:
+async def warm_up(worker: Worker, task: asyncio.Task[None], config: Settings, tag: str) -> int:
     """Wait until the worker has run one short probe session end to end (partitions assigned, STT reachable).
 
     Uses only the worker's public ``stats``, so it does not depend on how the worker tracks assignment.
@@ -587,7 +587,7 @@ async def run_level(
     encoding, rate = args.encoding, args.sample_rate
     frame = audio.bytes_per_sample(encoding)
     audio_s = sum(len(synthesize(s.script, rate, encoding)) / frame / rate for s in sessions)
-    config = WorkerConfig(
+    config = Settings.load(env={}).replace(
         bootstrap_servers=bootstrap,
         stt_base_url=base_url,
         api_key="bench",

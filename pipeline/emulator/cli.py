@@ -1,4 +1,9 @@
-"""`stt-pipeline emulator`: run the Cartesia-compatible STT emulator from the command line."""
+"""`stt-pipeline emulator`: run the Cartesia-compatible STT emulator from the command line.
+
+Where it listens defaults to where the worker would look: the host and port of ``STT_BASE_URL``
+(:class:`pipeline.settings.Settings`) when that is a plain ``http://`` or ``ws://`` URL (a local
+emulator), else ``127.0.0.1:8080``.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,22 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
+from urllib.parse import urlsplit
 
 from pipeline.emulator.engines.base import Engine
 from pipeline.emulator.faults import Fault, RandomDrops
 from pipeline.emulator.server import Emulator, EmulatorConfig
+from pipeline.settings import Settings, SettingsError
+
+LOCAL_HOST = "127.0.0.1"
+LOCAL_PORT = 8080
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080)
+    where = f"[default: from STT_BASE_URL if it is http:// or ws://, else {LOCAL_HOST}:{LOCAL_PORT}]"
+    parser.add_argument("--host", default=None, help=f"listen address {where}")
+    parser.add_argument("--port", type=int, default=None, help=f"listen port {where}")
     parser.add_argument("--engine", choices=("tones", "whisper"), default="tones")
     parser.add_argument("--api-key", action="append", default=[], help="accepted key (repeatable; none = any)")
     parser.add_argument("--max-sessions", type=int, default=None, help="concurrent sockets before 429")
@@ -42,10 +54,19 @@ def make_engine(name: str) -> Engine:
     return TonesEngine()
 
 
-def build(args: argparse.Namespace) -> Emulator:
+def listen_address(settings: Settings) -> tuple[str, int]:
+    """Where the worker configured by ``settings`` looks for a local emulator."""
+    parts = urlsplit(settings.stt_base_url)
+    if parts.scheme in ("http", "ws") and parts.hostname:
+        return parts.hostname, parts.port or 80
+    return LOCAL_HOST, LOCAL_PORT
+
+
+def build(args: argparse.Namespace, settings: Settings | None = None) -> Emulator:
+    host, port = listen_address(settings if settings is not None else Settings.load())
     config = EmulatorConfig(
-        host=args.host,
-        port=args.port,
+        host=args.host or host,
+        port=port if args.port is None else args.port,
         api_keys=tuple(args.api_key),
         max_sessions=args.max_sessions,
         idle_timeout_s=args.idle_timeout,
@@ -72,8 +93,8 @@ def build(args: argparse.Namespace) -> Emulator:
     return emulator
 
 
-async def serve(args: argparse.Namespace) -> None:
-    emulator = build(args)
+async def serve(args: argparse.Namespace, settings: Settings) -> None:
+    emulator = build(args, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -88,6 +109,11 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        settings = Settings.load()
+    except SettingsError as exc:
+        print(f"stt-pipeline emulator: invalid setting {exc}", file=sys.stderr)
+        return 2
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args))
+        asyncio.run(serve(args, settings))
     return 0

@@ -7,8 +7,8 @@ import logging
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import for_code
 
-from pipeline.config import WorkerConfig
 from pipeline.errors import KafkaSetupError
+from pipeline.settings import Settings
 
 log = logging.getLogger("pipeline.kafka.topics")
 TOPIC_ALREADY_EXISTS = 36
@@ -18,7 +18,7 @@ class TopicSetupError(KafkaSetupError):
     """The worker's topics are missing and could not be created."""
 
 
-def wanted_topics(config: WorkerConfig) -> list[NewTopic]:
+def wanted_topics(config: Settings) -> list[NewTopic]:
     """All topics, same partition count (stt.sessions must be co-partitioned with stt.audio)."""
     retained = {"retention.ms": str(config.retention_ms)}
     compacted = {"cleanup.policy": "compact"}
@@ -34,7 +34,7 @@ def wanted_topics(config: WorkerConfig) -> list[NewTopic]:
     ]
 
 
-async def ensure_topics(config: WorkerConfig) -> list[str]:
+async def ensure_topics(config: Settings) -> list[str]:
     """Create the missing topics; returns the names created. Raises :class:`TopicSetupError`."""
     admin = AIOKafkaAdminClient(bootstrap_servers=config.bootstrap_servers, client_id="stt-pipeline-admin")
     try:

@@ -1,60 +1,59 @@
-"""One transactional producer per input partition: outputs, checkpoints and the input offset, atomically.
+"""One transactional producer per input partition: a :class:`~pipeline.commit.CommitPlan`, atomically.
 
 aiokafka implements Kafka's per-partition exactly-once scheme ("EOS v1"): the transactional id is
 derived from the input partition, so whichever worker owns the partition next fences the previous
-owner's producer. Each :meth:`PartitionTransactions.commit` runs one transaction holding every record
-queued since the last one, the sessions' checkpoints (and tombstones) for `stt.sessions`, and
-``send_offsets_to_transaction`` of the partition's watermark, so a reader with ``read_committed`` sees
-outputs exactly when the input they came from counts as consumed.
+owner's producer. :meth:`PartitionTransactions.commit` runs one transaction: the plan's records, its
+checkpoints and tombstones for `stt.sessions` (written to the input partition's number, so each
+`stt.sessions` partition has exactly one writer), and ``send_offsets_to_transaction`` of its offset.
+A reader with ``read_committed`` sees outputs exactly when the input they came from counts as consumed.
 
-A transaction that fails is aborted and its records are queued again for the next one; a fatal
-producer error (e.g. the broker lost the producer's state) makes a fresh producer, which re-initializes
-the transactional id. Being fenced is final: :class:`Fenced` tells the worker the partition is gone.
+A failed transaction is aborted and the producer replaced (a fresh one re-initializes the
+transactional id); the caller puts the plan's records back (:meth:`CommitBook.failed`). A record the
+broker or the client refuses for itself (too large, invalid) would fail every retry and hold back the
+whole partition: :class:`RecordsRefused` names those records so the caller can quarantine them.
+Being fenced is final: :class:`Fenced` tells the worker the partition is gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
-import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import ProducerFenced
+from aiokafka.errors import (
+    InvalidRecordError,
+    MessageSizeTooLargeError,
+    ProducerFenced,
+    RecordTooLargeError,
+)
 
+from pipeline.commit import CommitPlan, OutRecord
 from pipeline.errors import DeliveryError
+
+if TYPE_CHECKING:
+    from pipeline.settings import Settings
 
 log = logging.getLogger("pipeline.kafka.transactions")
 
-
-
-class Acks:
-    """The acknowledgements of one batch of records: ``done`` resolves when all are committed."""
-
-    def __init__(self, count: int) -> None:
-        self._left = count
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if count == 0:
-            self.done.set_result(None)
-
-    def _ack(self, error: BaseException | None) -> None:
-        if self.done.done():
-            return
-        if error is not None:
-            self.done.set_exception(error)
-            return
-        self._left -= 1
-        if self._left == 0:
-            self.done.set_result(None)
-
-
-Queued = tuple[str, bytes | None, bytes | None, Acks | None]
-Extra = list[tuple[str, str, Mapping[str, Any] | None]]
+# Errors that belong to one record, not to the transaction: retrying cannot help.
+_REFUSED = (MessageSizeTooLargeError, RecordTooLargeError, InvalidRecordError)
 
 
 class Fenced(DeliveryError):
     """Another worker now owns this partition's transactional id."""
+
+
+class TransactionFailed(DeliveryError):
+    """The transaction was aborted; its records must be retried."""
+
+
+class RecordsRefused(TransactionFailed):
+    """The transaction was aborted because Kafka refused these records (indexes into the plan's records)."""
+
+    def __init__(self, refused: dict[int, str]) -> None:
+        super().__init__(f"{len(refused)} record(s) refused: " + "; ".join(sorted(set(refused.values())))[:500])
+        self.refused = refused
 
 
 def transactional_id(group_id: str, topic: str, partition: int) -> str:
@@ -62,26 +61,27 @@ def transactional_id(group_id: str, topic: str, partition: int) -> str:
 
 
 class PartitionTransactions:
-    def __init__(self, bootstrap_servers: str, group_id: str, input_tp: TopicPartition) -> None:
-        self.bootstrap_servers = bootstrap_servers
-        self.group_id = group_id
+    def __init__(self, settings: Settings, input_tp: TopicPartition, sessions_topic: str) -> None:
+        self.settings = settings
         self.input_tp = input_tp
-        self.transactional_id = transactional_id(group_id, input_tp.topic, input_tp.partition)
+        self.sessions_topic = sessions_topic
+        self.transactional_id = transactional_id(settings.group_id, input_tp.topic, input_tp.partition)
         self._producer: AIOKafkaProducer | None = None
-        self._pending: list[Queued] = []
         self._lock = asyncio.Lock()
-        self.committed_offset: int | None = None
         self.transactions = 0
         self.failures = 0
 
     async def start(self) -> None:
+        settings = self.settings
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap_servers,
+            bootstrap_servers=settings.bootstrap_servers,
+            client_id=f"{settings.client_id_prefix}-txn-{self.input_tp.partition}",
             transactional_id=self.transactional_id,
             enable_idempotence=True,
             acks="all",
-            linger_ms=2,
-            request_timeout_ms=15000,
+            linger_ms=settings.producer_linger_ms,
+            request_timeout_ms=settings.producer_request_timeout_ms,
+            max_request_size=settings.max_request_size,
         )
         await self._producer.start()
 
@@ -93,68 +93,28 @@ class PartitionTransactions:
             except Exception:
                 log.debug("stopping producer %s failed", self.transactional_id, exc_info=True)
 
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
-
-    def add(self, records: list[tuple[str, str | None, Mapping[str, Any] | None]]) -> Acks:
-        """Queue records for the next transaction; ``None`` as a record is a tombstone."""
-        acks = Acks(len(records))
-        for topic, key, record in records:
-            value = None if record is None else orjson.dumps(record)
-            self._pending.append((topic, None if key is None else key.encode(), value, acks))
-        return acks
-
-    async def commit(self, build: Callable[[], tuple[int | None, Extra]]) -> Extra | None:
-        """One transaction: the queued records, plus what ``build()`` returns: the input offset to commit
-        and extra records (checkpoints, tombstones).
-
-        ``build`` runs synchronously together with taking the queued records, so the checkpoints it
-        returns describe exactly the records in this and earlier transactions. Returns the extra
-        records once committed (``[]`` when there was nothing to do); on a retriable failure the
-        queued records are kept for the next transaction and None is returned. Raises
-        :class:`Fenced` if the partition now belongs to another worker.
-        """
+    async def commit(self, plan: CommitPlan) -> None:
+        """Run ``plan`` as one transaction. Raises :class:`Fenced`, :class:`RecordsRefused` or
+        :class:`TransactionFailed` (aborted, producer replaced); returns once committed."""
+        if plan.empty:
+            return
         async with self._lock:
-            offset, extra = build()
-            advance = offset is not None and offset != self.committed_offset
-            if not self._pending and not extra and not advance:
-                return []
-            batch = self._pending
-            self._pending = []
-            for topic, key, record in extra:
-                batch.append((topic, key.encode(), None if record is None else orjson.dumps(record), None))
-            extras = len(extra)
             try:
-                await self._run(batch, offset if advance else None, extras)
+                await self._run(plan)
             except ProducerFenced as exc:
-                error = Fenced(f"{self.transactional_id} was fenced by a newer owner")
-                for *_, acks in batch:
-                    if acks is not None:
-                        acks._ack(error)
-                raise error from exc
-            except BaseException as exc:
-                # Outputs must never be lost: whatever stopped this transaction (broker trouble, or a
-                # cancellation), its records go back to the front of the queue. Checkpoints are rebuilt
-                # by the next commit.
-                self._pending = [q for q in batch if q[3] is not None] + self._pending
-                if not isinstance(exc, Exception):
-                    raise
+                raise Fenced(f"{self.transactional_id} was fenced by a newer owner") from exc
+            except TransactionFailed:
+                self.failures += 1
+                await self._recover()
+                raise
+            except Exception as exc:
                 self.failures += 1
                 log.warning("transaction on %s failed (%r); will retry", self.transactional_id, exc)
                 await self._recover()
-                return None
+                raise TransactionFailed(repr(exc)) from exc
             self.transactions += 1
-            if advance:
-                self.committed_offset = offset
-            for *_, acks in batch:
-                if acks is not None:
-                    acks._ack(None)
-            return extra
 
-    async def _run(self, batch: list[Queued], offset: int | None, extras: int) -> None:
-        """Send ``batch`` in one transaction; its last ``extras`` records (checkpoints) go to the
-        input partition's number, so each `stt.sessions` partition has exactly one writer."""
+    async def _run(self, plan: CommitPlan) -> None:
         producer = self._producer
         if producer is None:
             await self.start()
@@ -162,17 +122,30 @@ class PartitionTransactions:
             assert producer is not None
         await producer.begin_transaction()
         try:
-            first_extra = len(batch) - extras
-            futures = [
-                await producer.send(
-                    topic, value=value, key=key, partition=self.input_tp.partition if i >= first_extra else None
-                )
-                for i, (topic, key, value, _) in enumerate(batch)
-            ]
-            if offset is not None:
-                await producer.send_offsets_to_transaction({self.input_tp: offset}, self.group_id)
-            if futures:
-                await asyncio.gather(*futures)
+            records = list(plan.records)
+            for session_id, checkpoint in plan.checkpoints:
+                value = None if checkpoint is None else checkpoint.to_json()
+                records.append(OutRecord(self.sessions_topic, session_id, value, self.input_tp.partition))
+            futures: dict[int, asyncio.Future[object]] = {}
+            refused: dict[int, str] = {}
+            for i, record in enumerate(records):
+                key = None if record.key is None else record.key.encode()
+                try:
+                    futures[i] = await producer.send(
+                        record.topic, value=record.value, key=key, partition=record.partition
+                    )
+                except _REFUSED as exc:
+                    refused[i] = type(exc).__name__
+            if plan.advance:
+                await producer.send_offsets_to_transaction({self.input_tp: plan.offset}, self.settings.group_id)
+            results = await asyncio.gather(*futures.values(), return_exceptions=True)
+            for i, result in zip(futures, results, strict=True):
+                if isinstance(result, _REFUSED):
+                    refused[i] = type(result).__name__
+                elif isinstance(result, BaseException):
+                    raise result
+            if refused:
+                raise RecordsRefused({i: e for i, e in refused.items() if i < len(plan.records)} or refused)
             await producer.commit_transaction()
         except BaseException:
             try:

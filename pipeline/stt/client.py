@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+from pydantic import SecretStr
 from websockets.asyncio.client import ClientConnection, connect
 
 from pipeline.records import AudioFormat
+from pipeline.settings import default
 
 PATHS = {"auto": "/stt/turns/websocket", "manual": "/stt/websocket"}
 _SCHEMES = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
@@ -28,19 +30,33 @@ def stt_url(base_url: str, fmt: AudioFormat) -> str:
     return urlunsplit((_SCHEMES[parts.scheme], parts.netloc, path, urlencode(query), ""))
 
 
-def stt_headers(api_key: str, version: str) -> dict[str, str]:
+def stt_headers(api_key: str | SecretStr, version: str) -> dict[str, str]:
+    key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
     headers = {"Cartesia-Version": version, "User-Agent": "stt-pipeline/0.1"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
     return headers
 
 
-async def open_socket(base_url: str, fmt: AudioFormat, api_key: str, version: str) -> ClientConnection:
-    """Connect (raises ``websockets.InvalidStatus`` on a refused upgrade, ``OSError`` if unreachable)."""
+async def open_socket(
+    base_url: str,
+    fmt: AudioFormat,
+    api_key: str | SecretStr,
+    version: str,
+    *,
+    open_timeout_s: float = default("stt_open_timeout_s"),
+    ping_interval_s: float = default("stt_ping_interval_s"),
+    max_message_bytes: int = default("stt_max_message_bytes"),
+) -> ClientConnection:
+    """Connect (raises ``websockets.InvalidStatus`` on a refused upgrade, ``OSError`` if unreachable).
+
+    The keyword arguments are the ``stt_open_timeout_s``, ``stt_ping_interval_s`` and
+    ``stt_max_message_bytes`` settings; their defaults are those of :class:`~pipeline.settings.Settings`.
+    """
     return await connect(
         stt_url(base_url, fmt),
         additional_headers=stt_headers(api_key, version),
-        open_timeout=10,
-        ping_interval=20,
-        max_size=2**22,
+        open_timeout=open_timeout_s,
+        ping_interval=ping_interval_s,
+        max_size=max_message_bytes,
     )

@@ -1,7 +1,8 @@
 """Command-line glue for `stt-pipeline produce` and `stt-pipeline tail` (arguments and runners).
 
-Settings resolve as flag, else environment variable, else default; the variables are the worker's
-(``KAFKA_BOOTSTRAP_SERVERS``, ``STT_AUDIO_TOPIC``, ``STT_TURNS_TOPIC``, ``STT_TRANSCRIPTS_TOPIC``).
+Kafka and topic settings resolve as flag, else the worker's environment variable, else its default: both
+come from :class:`pipeline.settings.Settings` (``bootstrap_servers``, ``audio_topic``, ``turns_topic``,
+``transcripts_topic``).
 """
 
 from __future__ import annotations
@@ -9,16 +10,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from pipeline import settings as worker_settings
 from pipeline.audio import ENCODINGS
+from pipeline.settings import Settings, SettingsError
 from pipeline.tools.produce import (
-    DEFAULT_AUDIO_TOPIC,
-    DEFAULT_BOOTSTRAP,
     DEFAULT_CHUNK_MS,
     DEFAULT_PAUSE_MS,
     Endpoint,
@@ -27,8 +27,6 @@ from pipeline.tools.produce import (
     produce_file,
 )
 from pipeline.tools.tail import (
-    DEFAULT_TRANSCRIPTS_TOPIC,
-    DEFAULT_TURNS_TOPIC,
     TerminalOutput,
     TurnRenderer,
     tail,
@@ -42,16 +40,17 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-def _bootstrap(args: argparse.Namespace) -> str:
-    return str(args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or DEFAULT_BOOTSTRAP)
+def _settings(command: str) -> Settings | None:
+    """The worker's settings from the environment (None, after saying why, if they are invalid)."""
+    try:
+        return Settings.load()
+    except SettingsError as exc:
+        _error(command, f"invalid setting {exc}")
+        return None
 
 
 def _add_bootstrap(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--bootstrap",
-        default=None,
-        help=f"Kafka bootstrap servers [env KAFKA_BOOTSTRAP_SERVERS, default {DEFAULT_BOOTSTRAP}]",
-    )
+    parser.add_argument("--bootstrap", default=None, help=worker_settings.help_text("bootstrap_servers"))
 
 
 def add_produce_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,22 +80,20 @@ def add_produce_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="`model` header (e.g. ink-2)")
     parser.add_argument("--language", default=None, help="`language` header, ISO 639-1 (manual endpoint)")
     parser.add_argument("--no-end", action="store_true", help="do not send the `end` record (leave the session open)")
-    parser.add_argument(
-        "--topic",
-        default=None,
-        help=f"audio topic [env STT_AUDIO_TOPIC, default {DEFAULT_AUDIO_TOPIC}]",
-    )
+    parser.add_argument("--topic", default=None, help=worker_settings.help_text("audio_topic"))
     _add_bootstrap(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def add_tail_arguments(parser: argparse.ArgumentParser) -> None:
     topic = parser.add_mutually_exclusive_group()
-    topic.add_argument("--topic", default=None, help=f"topic [env STT_TURNS_TOPIC, default {DEFAULT_TURNS_TOPIC}]")
+    topic.add_argument(
+        "--topic", default=None, help="topic to follow, default: " + worker_settings.help_text("turns_topic")
+    )
     topic.add_argument(
         "--transcripts",
         action="store_true",
-        help=f"follow the transcripts topic instead [env STT_TRANSCRIPTS_TOPIC, default {DEFAULT_TRANSCRIPTS_TOPIC}]",
+        help="follow the " + worker_settings.help_text("transcripts_topic"),
     )
     parser.add_argument("--session", action="append", default=None, help="only this session id (repeatable)")
     parser.add_argument("--session-prefix", default=None, help="only session ids starting with this")
@@ -159,13 +156,16 @@ def run_produce(args: argparse.Namespace) -> int:
     if args.chunk_ms <= 0 or args.pause_ms <= 0:
         _error("produce", "--chunk-ms and --pause-ms must be > 0")
         return EXIT_USAGE
-    topic = args.topic or os.environ.get("STT_AUDIO_TOPIC") or DEFAULT_AUDIO_TOPIC
+    settings = _settings("produce")
+    if settings is None:
+        return EXIT_USAGE
+    topic = args.topic or settings.audio_topic
     stop = asyncio.Event()
     try:
         _run(
             produce_file(
                 args.file,
-                bootstrap=_bootstrap(args),
+                bootstrap=args.bootstrap or settings.bootstrap_servers,
                 topic=topic,
                 session_id=args.session,
                 encoding=args.encoding,
@@ -204,10 +204,10 @@ def run_tail(args: argparse.Namespace) -> int:
     from aiokafka.errors import KafkaError
 
     _quiet_aiokafka()
-    if args.transcripts:
-        topic = os.environ.get("STT_TRANSCRIPTS_TOPIC") or DEFAULT_TRANSCRIPTS_TOPIC
-    else:
-        topic = args.topic or os.environ.get("STT_TURNS_TOPIC") or DEFAULT_TURNS_TOPIC
+    settings = _settings("tail")
+    if settings is None:
+        return EXIT_USAGE
+    topic = settings.transcripts_topic if args.transcripts else args.topic or settings.turns_topic
     width = None if args.plain else terminal_width(sys.stdout)
     live = width is not None
     renderer = TurnRenderer(
@@ -222,7 +222,7 @@ def run_tail(args: argparse.Namespace) -> int:
     try:
         reached = _run(
             tail(
-                _bootstrap(args),
+                args.bootstrap or settings.bootstrap_servers,
                 topic,
                 renderer=renderer,
                 output=output,

@@ -26,8 +26,6 @@ from pipeline.records import MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 
 Endpoint = Literal["auto", "manual"]
 
-DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
-DEFAULT_AUDIO_TOPIC = "stt.audio"
 DEFAULT_CHUNK_MS = 100.0
 DEFAULT_PAUSE_MS = 600.0
 # RMS below this (about -40 dBFS) counts as a pause for --finalize-every-turn.

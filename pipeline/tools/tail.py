@@ -16,8 +16,6 @@ from typing import Any, TextIO
 
 import orjson
 
-DEFAULT_TURNS_TOPIC = "stt.turns"
-DEFAULT_TRANSCRIPTS_TOPIC = "stt.transcripts"
 ERASE_LINE = "\r\x1b[K"
 CURSOR_UP = "\x1b[A"
 

@@ -28,11 +28,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from pipeline.audio import Encoding
-from pipeline.config import WorkerConfig
 from pipeline.emulator.engines.tones import synthesize
 from pipeline.emulator.faults import Fault
 from pipeline.kafka.topics import ensure_topics
 from pipeline.schemas import validate
+from pipeline.settings import Settings
 from tests.support.config import worker_config
 from tests.support.emulator import EmulatorThread, running_emulator
 from tests.support.kafka import KafkaBroker
@@ -217,7 +217,7 @@ def report(scenario: str, **figures: Any) -> None:
         out.write(json.dumps({"scenario": scenario, "at": int(time.time()), **figures}) + "\n")
 
 
-def make_config(bootstrap: str, emulator: EmulatorThread, **overrides: Any) -> WorkerConfig:
+def make_config(bootstrap: str, emulator: EmulatorThread, **overrides: Any) -> Settings:
     defaults: dict[str, Any] = {
         # These scenarios test delivery, not the silence-fill policy (tested in test_worker.py): on two
         # shared cores a realtime test producer can stall past the 400 ms default during a rebalance,
@@ -234,7 +234,7 @@ def make_config(bootstrap: str, emulator: EmulatorThread, **overrides: Any) -> W
 
 @contextlib.asynccontextmanager
 async def workers(
-    config: WorkerConfig, tmp_path: Path, names: list[str], started: list[str] | None = None
+    config: Settings, tmp_path: Path, names: list[str], started: list[str] | None = None
 ) -> AsyncIterator[dict[str, WorkerProcess]]:
     """Worker processes (static members named ``names``); those in ``started`` (default all) run now."""
     await asyncio.to_thread(tmp_path.mkdir, parents=True, exist_ok=True)

@@ -8,7 +8,6 @@ import random
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -16,10 +15,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from pipeline.audio import Encoding, bytes_per_sample
-from pipeline.config import WorkerConfig
 from pipeline.emulator.engines.tones import script_text, synthesize
 from pipeline.kafka.topics import TopicSetupError, ensure_topics
 from pipeline.schemas import validate
+from pipeline.settings import Settings
 from pipeline.worker import Worker
 from tests.support.config import worker_config
 from tests.support.emulator import EmulatorThread, running_emulator
@@ -44,7 +43,7 @@ def emulator() -> Iterator[EmulatorThread]:
         yield emu
 
 
-def make_config(bootstrap: str, emu: EmulatorThread, partitions: int = 1) -> WorkerConfig:
+def make_config(bootstrap: str, emu: EmulatorThread, partitions: int = 1) -> Settings:
     return worker_config(
         bootstrap, emu.base_url, topic_partitions=partitions, drain_deadline_s=20, commit_interval_ms=200
     )
@@ -53,7 +52,7 @@ def make_config(bootstrap: str, emu: EmulatorThread, partitions: int = 1) -> Wor
 class WorkerHarness:
     """Starts an in-process worker on demand, so a test can fill the input topic first (a backlog)."""
 
-    def __init__(self, config: WorkerConfig) -> None:
+    def __init__(self, config: Settings) -> None:
         self.config = config
         self.worker = Worker(config)
         self._stop = asyncio.Event()
@@ -86,7 +85,7 @@ async def harness(kafka_bootstrap: str, emulator: EmulatorThread) -> AsyncIterat
 
 
 @pytest.fixture
-async def running_worker(harness: WorkerHarness) -> tuple[Worker, WorkerConfig]:
+async def running_worker(harness: WorkerHarness) -> tuple[Worker, Settings]:
     return await harness.start(), harness.config
 
 
@@ -260,7 +259,7 @@ async def wait_for_tombstones(bootstrap: str, topic: str, sessions: set[str]) ->
 
 
 async def test_manual_endpoint_finalize_splits_turns(
-    running_worker: tuple[Worker, WorkerConfig], kafka_bootstrap: str
+    running_worker: tuple[Worker, Settings], kafka_bootstrap: str
 ) -> None:
     _, config = running_worker
     rng = random.Random(3)
@@ -284,7 +283,7 @@ async def test_manual_endpoint_finalize_splits_turns(
 
 
 async def test_bad_input_goes_to_dead_letter_and_others_finish(
-    running_worker: tuple[Worker, WorkerConfig], kafka_bootstrap: str
+    running_worker: tuple[Worker, Settings], kafka_bootstrap: str
 ) -> None:
     worker, config = running_worker
     good = synthesize("Still fine.", 16000, "pcm_s16le")
@@ -337,7 +336,7 @@ async def test_bad_input_goes_to_dead_letter_and_others_finish(
 
 
 async def test_sequence_gap_is_reported_and_session_continues(
-    running_worker: tuple[Worker, WorkerConfig], kafka_bootstrap: str
+    running_worker: tuple[Worker, Settings], kafka_bootstrap: str
 ) -> None:
     _, config = running_worker
     pcm = synthesize("Gap here.", 16000, "pcm_s16le")
@@ -356,7 +355,7 @@ async def test_sequence_gap_is_reported_and_session_continues(
 
 
 async def test_worker_commits_only_past_finished_work(
-    running_worker: tuple[Worker, WorkerConfig], kafka_bootstrap: str
+    running_worker: tuple[Worker, Settings], kafka_bootstrap: str
 ) -> None:
     worker, config = running_worker
     pcm = synthesize("Hold the line.", 16000, "pcm_s16le")
@@ -387,7 +386,7 @@ async def test_worker_commits_only_past_finished_work(
 
 
 def test_config_repr_hides_the_api_key() -> None:
-    config = replace(WorkerConfig(), api_key="sk-secret")
+    config = Settings.load(env={}).replace(api_key="sk-secret")
     assert "sk-secret" not in repr(config) and "sk-secret" not in str(config)
 
 
@@ -421,7 +420,7 @@ async def test_stopping_right_after_a_session_ends_still_publishes_its_final(
 
 
 async def test_muted_producer_gets_silence_so_the_turn_ends(
-    running_worker: tuple[Worker, WorkerConfig], kafka_bootstrap: str
+    running_worker: tuple[Worker, Settings], kafka_bootstrap: str
 ) -> None:
     """The producer stops sending mid-session (muted, no `end`): the worker keeps the STT clock going
     with encoding-correct silence, so the server's turn detection still ends the turn."""

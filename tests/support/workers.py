@@ -10,17 +10,25 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.config import SETTINGS, WorkerConfig
+from pydantic import SecretStr
+
+from pipeline.settings import Settings, env_name
 
 STT_PIPELINE = str(Path(sys.executable).with_name("stt-pipeline"))
 
 
-def config_env(config: WorkerConfig) -> dict[str, str]:
-    """The environment that makes a worker process use ``config``."""
+def config_env(config: Settings) -> dict[str, str]:
+    """The environment that makes a worker process use ``config``: every field's variable (the API key too,
+    which has no flag), none of this process's own settings variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STT_", "KAFKA_", "CARTESIA_"))}
-    for name, setting in SETTINGS.items():
+    for name in Settings.model_fields:
         value = getattr(config, name)
-        env[setting.env] = str(value).lower() if isinstance(value, bool) else str(value)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            env[env_name(name)] = value.get_secret_value()
+        else:
+            env[env_name(name)] = str(value).lower() if isinstance(value, bool) else str(value)
     return env
 
 
@@ -37,7 +45,7 @@ def peak_rss_kib(pid: int) -> int:
 
 @dataclass
 class WorkerProcess:
-    config: WorkerConfig
+    config: Settings
     log_path: Path
     instance_id: str
     proc: subprocess.Popen[bytes] | None = None
