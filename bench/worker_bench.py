@@ -63,12 +63,12 @@ from pipeline.worker import Worker
 
 THIS_SCRIPT = Path(__file__).resolve()
 REPO_ROOT = THIS_SCRIPT.parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as a script: the shared test scripts are in tests/support
+    sys.path.append(str(REPO_ROOT))
+from tests.support.scripts import MORE_WORDS as WORDS  # noqa: E402
+
 log = logging.getLogger("bench")
 
-WORDS = (  # noqa: SIM905
-    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
-    "quebec romeo sierra tango uniform victor whiskey xray yankee zulu one two three four five six"
-).split()
 TURN_PAUSES_MS = (1000, 1300, 1600, 2000)  # past the emulator's end-of-turn (≈ 805 ms of silence)
 INNER_PAUSE_MS = 250  # a breath inside a turn: no end of turn
 PROBE_RETRY_S = 10.0  # a warm-up probe not ended by then is followed by another

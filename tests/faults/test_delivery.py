@@ -1,10 +1,12 @@
 """Delivery guarantees under failure, with real Kafka, real worker processes and the tones emulator.
 
-Every scenario streams sessions whose exact final transcripts are known (the tones codec), injects a
-failure, and checks with a ``read_committed`` reader that every session's finals arrive exactly once
-with the text of an undisturbed run. Each scenario appends its figures (trials, finals expected, lost,
-duplicated, worst recovery time, peak RSS) to ``$STT_FAULT_REPORT`` (default
-``.cache/fault-report.jsonl``). Set ``STT_SOAK=1`` for the long backlog variant (50 sessions of 10 minutes).
+Each scenario is one row of :data:`SCENARIOS`, run by one runner (:func:`test_delivery_under_fault`):
+start the workers, stream sessions whose exact final transcripts are known (the tones codec), inject the
+scenario's failure, collect ``stt.transcripts`` with a ``read_committed`` reader and check that every
+session's finals arrive exactly once with the text of an undisturbed run; then the scenario's own checks.
+Each scenario appends its figures (trials, finals expected, lost, duplicated, worst recovery time, peak
+RSS, wall time, and its own) to ``$STT_FAULT_REPORT`` (default ``.cache/fault-report.jsonl``), with
+``passed`` false if it failed. Set ``STT_SOAK=1`` for the long backlog variant (50 sessions of 10 minutes).
 """
 
 from __future__ import annotations
@@ -16,36 +18,44 @@ import os
 import random
 import re
 import time
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from pipeline.audio import Encoding
-from pipeline.emulator.engines.tones import synthesize
+from pipeline.settings import Settings
 from pipeline.emulator.faults import Fault
 from pipeline.kafka.topics import ensure_topics
 from pipeline.schemas import validate
-from pipeline.settings import Settings
 from tests.support.config import worker_config
 from tests.support.emulator import EmulatorThread, running_emulator
 from tests.support.kafka import KafkaBroker
+from tests.support.scripts import WORDS, Collector, Plan, read_topic, stream
 from tests.support.workers import WorkerProcess
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults]
 
 ROOT = Path(__file__).resolve().parents[2]
 REPORT = Path(os.environ.get("STT_FAULT_REPORT", ROOT / ".cache" / "fault-report.jsonl"))
-WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike oscar papa".split()  # noqa: SIM905
-FORMATS: list[tuple[Encoding, int]] = [("pcm_s16le", 16000), ("pcm_mulaw", 8000), ("pcm_f32le", 24000)]
-SEEDS = [1, 2, 3]
 SOAK = os.environ.get("STT_SOAK") == "1"
+
+# Worker settings of every scenario (a scenario's `settings` override them).
+DELIVERY_SETTINGS: dict[str, Any] = {
+    # These scenarios test delivery, not the silence-fill policy (tested in test_worker.py): on two
+    # shared cores a realtime test producer can stall past the 400 ms default during a rebalance,
+    # and the worker would rightly treat that as a quiet speaker.
+    "silence_budget_ms": 2000.0,
+    "topic_partitions": 4,
+    "commit_interval_ms": 150,
+    "session_timeout_ms": 6000,
+    "revoke_grace_s": 3.0,
+    "drain_deadline_s": 30,
+}
+# A producer gap tolerated for longer than any scenario runs: the worker never fills silence.
+SILENCE_FILL_OFF_MS = 600_000.0
 
 
 @pytest.fixture(scope="module")
@@ -54,123 +64,146 @@ def emulator() -> Iterator[EmulatorThread]:
         yield emu
 
 
-# -- scenario plumbing -------------------------------------------------------------------------
+# -- the scenario table's vocabulary ------------------------------------------------------------
 
 
 @dataclass
-class Plan:
-    """Sessions with known scripts: what an undisturbed run transcribes."""
+class Figures:
+    """One scenario's figures for the report, over all its trials."""
 
-    sessions: dict[str, list[str]]  # session id → turn transcripts as published (leading spaces)
-    audio: dict[str, tuple[bytes, Encoding, int]]
+    trials: int = 0
+    expected: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    peak_rss_kib: int = 0
+    own: dict[str, float] = field(default_factory=dict)
 
-    @classmethod
-    def make(
-        cls,
-        n: int,
-        rng: random.Random,
-        *,
-        turns: tuple[int, int] = (2, 3),
-        words: tuple[int, int] = (2, 4),
-        tag: str = "",
-    ) -> Plan:
-        sessions: dict[str, list[str]] = {}
-        audio: dict[str, tuple[bytes, Encoding, int]] = {}
-        for i in range(n):
-            session_id = f"s{i:02d}-{tag or uuid.uuid4().hex[:6]}"
-            texts = [
-                " ".join(rng.sample(WORDS, rng.randint(*words))).capitalize() + rng.choice(".?!")
-                for _ in range(rng.randint(*turns))
-            ]
-            encoding, rate = FORMATS[i % len(FORMATS)]
-            audio[session_id] = (synthesize(list(texts), rate, encoding, tail_ms=300), encoding, rate)
-            sessions[session_id] = [t if k == 0 else " " + t for k, t in enumerate(texts)]
-        return cls(sessions, audio)
+    def worst(self, name: str, value: float) -> None:
+        self.own[name] = max(self.own.get(name, value), value)
 
+    def add(self, name: str, value: float) -> None:
+        self.own[name] = self.own.get(name, 0) + value
 
-async def stream(bootstrap: str, topic: str, plan: Plan, *, realtime: bool = True, chunk_ms: int = 100) -> None:
-    """All sessions concurrently, each at realtime on an absolute clock (or as fast as possible), then `end`."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=5)
-    await producer.start()
-    try:
-        schedule: list[tuple[float, str, int, bytes | None, Encoding, int]] = []
-        for session_id, (pcm, encoding, rate) in plan.audio.items():
-            size = rate * chunk_ms // 1000 * (1 if encoding == "pcm_mulaw" else 4 if encoding == "pcm_f32le" else 2)
-            seq = 0
-            for seq, start in enumerate(range(0, len(pcm), size)):
-                schedule.append((seq * chunk_ms / 1000, session_id, seq, pcm[start : start + size], encoding, rate))
-            schedule.append(((seq + 1) * chunk_ms / 1000, session_id, seq + 1, None, encoding, rate))
-        schedule.sort(key=lambda item: item[0])
-        t0 = time.monotonic()
-        for due, session_id, seq, chunk, encoding, rate in schedule:
-            if realtime:
-                await asyncio.sleep(max(0.0, t0 + due - time.monotonic()))
-            headers = (
-                [("type", b"end"), ("seq", str(seq).encode())]
-                if chunk is None
-                else [
-                    ("type", b"audio"),
-                    ("seq", str(seq).encode()),
-                    ("encoding", encoding.encode()),
-                    ("sample_rate", str(rate).encode()),
-                ]
-            )
-            await producer.send(topic, value=chunk or b"", key=session_id.encode(), headers=headers)
-        await producer.flush()
-    finally:
-        await producer.stop()
+    def set(self, **values: float) -> None:
+        self.own.update(values)
+
+    def as_report(self) -> dict[str, Any]:
+        return {
+            "trials": self.trials,
+            "finals_expected": self.expected,
+            "finals_lost": self.lost,
+            "finals_duplicated": self.duplicated,
+            **{k: round(v, 2) if isinstance(v, float) else v for k, v in self.own.items()},
+            "peak_rss_mib": round(self.peak_rss_kib / 1024, 1),
+        }
 
 
 @dataclass
-class Collector:
-    """A read_committed reader of stt.transcripts that timestamps what it sees."""
+class Context:
+    """What a scenario's fault and checks see of one trial."""
 
-    bootstrap: str
-    topic: str
-    records: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
-    _task: asyncio.Task[None] | None = None
-    _arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    scenario: Scenario
+    rng: random.Random  # the trial's seed: the plan, then the fault's timing
+    config: Settings
+    plan: Plan
+    emulator: EmulatorThread
+    broker: KafkaBroker
+    figures: Figures
+    procs: dict[str, WorkerProcess] = field(default_factory=dict)
+    collector: Collector | None = None
+    emulator_before: int = 0  # STT connections opened before this trial
+    fault_at: float | None = None  # when the failure hit (recovery is measured from it)
+    measured: dict[str, float] = field(default_factory=dict)  # what the fault measured, for the checks
 
-    async def __aenter__(self) -> Collector:
-        consumer = AIOKafkaConsumer(
-            self.topic, bootstrap_servers=self.bootstrap, auto_offset_reset="earliest", isolation_level="read_committed"
-        )
-        await consumer.start()
+    def mark_fault(self) -> None:
+        self.fault_at = time.monotonic()
 
-        async def run() -> None:
-            try:
-                while True:
-                    batch = await consumer.getmany(timeout_ms=100)
-                    for items in batch.values():
-                        for item in items:
-                            assert item.value is not None
-                            self.records.append((time.monotonic(), orjson.loads(item.value)))
-                            self._arrived.set()
-            finally:
-                await consumer.stop()
-
-        self._task = asyncio.create_task(run())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+    def stt_sessions(self) -> list[dict[str, Any]]:
+        """The emulator's stats of this trial's STT connections."""
+        sessions: list[dict[str, Any]] = self.emulator.stats()["sessions"][self.emulator_before :]
+        return sessions
 
     def finals(self) -> list[dict[str, Any]]:
-        return [r for _, r in self.records if r["kind"] == "session"]
+        assert self.collector is not None
+        return [r for _, r in self.collector.records]
 
-    async def wait_sessions(self, n: int, limit_s: float) -> None:
-        async with asyncio.timeout(limit_s):
-            while len({r["session_id"] for r in self.finals()}) < n:
-                await self._arrived.wait()
-                self._arrived.clear()
-        await asyncio.sleep(2.0)  # anything duplicated would show up now
 
-    def first_output_after(self, moment: float) -> float | None:
-        later = [t for t, _ in self.records if t > moment]
-        return min(later) - moment if later else None
+Inject = Callable[[Context], Awaitable[None]]
+Check = Callable[[Context], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One row of the table: a failure, the load it hits and what must hold besides exactly-once finals."""
+
+    name: str  # as in the fault report
+    sessions: int
+    inject: Inject  # runs once the workers are up and the sessions are streaming
+    seeds: tuple[int, ...]  # one trial per seed
+    turns: tuple[int, int] = (2, 3)  # per session (see Plan.make)
+    words: tuple[int, int] = (2, 4)  # per turn
+    plan: Callable[[Scenario, random.Random], Plan] | None = None  # instead of Plan.make
+    settings: Mapping[str, Any] = field(default_factory=dict)  # worker settings over DELIVERY_SETTINGS
+    silence_fill: bool = True  # False: the worker never fills producer gaps with silence
+    workers: tuple[str, ...] = ("w1",)  # static members
+    started: tuple[str, ...] | None = None  # those running from the start (default all)
+    backlog: bool = False  # the whole plan is in the topic (fast) before the workers start
+    own_broker: bool = False  # a broker of its own, which the fault may restart
+    read_after_fault: bool = False  # the reader starts once the fault is over and the sessions are sent
+    paced: bool = False  # no STT connection may have seen audio faster than realtime
+    may_fail: int = 0  # sessions allowed to end `failed` (their text is not checked)
+    collect_s: float = 120.0  # how long all finals may take ...
+    collect_per_audio_s: float = 0.0  # ... plus this many times the shortest session's audio
+    checks: tuple[Check, ...] = ()
+    timeout_s: float = 600.0
+
+    @property
+    def id(self) -> str:
+        return re.sub(r"\W+", "-", self.name.lower()).strip("-")
+
+    def make_plan(self, rng: random.Random) -> Plan:
+        if self.plan is not None:
+            return self.plan(self, rng)
+        return Plan.make(self.sessions, rng, turns=self.turns, words=self.words)
+
+
+# -- the runner ----------------------------------------------------------------------------------
+
+
+def make_config(bootstrap: str, emulator: EmulatorThread, scenario: Scenario) -> Settings:
+    """The one place the suite builds a worker configuration."""
+    settings = {**DELIVERY_SETTINGS, **scenario.settings}
+    if not scenario.silence_fill:
+        settings["silence_budget_ms"] = SILENCE_FILL_OFF_MS
+    return worker_config(bootstrap, emulator.base_url, **settings)
+
+
+@contextlib.asynccontextmanager
+async def workers(
+    config: Settings, tmp_path: Path, names: tuple[str, ...], started: tuple[str, ...] | None = None
+) -> AsyncIterator[dict[str, WorkerProcess]]:
+    """Worker processes (static members named ``names``); those in ``started`` (default all) run now."""
+    await asyncio.to_thread(tmp_path.mkdir, parents=True, exist_ok=True)
+    procs = {name: WorkerProcess(config, tmp_path / f"{name}.log", name) for name in names}
+    for name in names if started is None else started:
+        procs[name].start()
+    sampler_stop = asyncio.Event()
+
+    async def sample() -> None:
+        while not sampler_stop.is_set():
+            for proc in procs.values():
+                proc.sample()
+            await asyncio.sleep(0.2)
+
+    sampler = asyncio.create_task(sample())
+    try:
+        yield procs
+    finally:
+        sampler_stop.set()
+        await sampler
+        for proc in procs.values():
+            if proc.alive:
+                proc.terminate()
 
 
 @dataclass
@@ -211,343 +244,284 @@ def check(plan: Plan, collector: Collector, *, may_fail: int = 0) -> Outcome:
     return outcome
 
 
+def explain(outcome: Outcome, procs: dict[str, WorkerProcess]) -> str:
+    logs = "\n".join(f"--- {name} ---\n{p.log_tail()}" for name, p in procs.items())
+    return f"lost={outcome.lost} duplicated={outcome.duplicated} wrong={outcome.wrong[:5]}\n{logs}"
+
+
 def report(scenario: str, **figures: Any) -> None:
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     with REPORT.open("a") as out:
         out.write(json.dumps({"scenario": scenario, "at": int(time.time()), **figures}) + "\n")
 
 
-def make_config(bootstrap: str, emulator: EmulatorThread, **overrides: Any) -> Settings:
-    defaults: dict[str, Any] = {
-        # These scenarios test delivery, not the silence-fill policy (tested in test_worker.py): on two
-        # shared cores a realtime test producer can stall past the 400 ms default during a rebalance,
-        # and the worker would rightly treat that as a quiet speaker.
-        "silence_budget_ms": 2000.0,
-        "topic_partitions": 4,
-        "commit_interval_ms": 150,
-        "session_timeout_ms": 6000,
-        "revoke_grace_s": 3.0,
-        "drain_deadline_s": 30,
-    }
-    return worker_config(bootstrap, emulator.base_url, **{**defaults, **overrides})
-
-
-@contextlib.asynccontextmanager
-async def workers(
-    config: Settings, tmp_path: Path, names: list[str], started: list[str] | None = None
-) -> AsyncIterator[dict[str, WorkerProcess]]:
-    """Worker processes (static members named ``names``); those in ``started`` (default all) run now."""
-    await asyncio.to_thread(tmp_path.mkdir, parents=True, exist_ok=True)
-    procs = {name: WorkerProcess(config, tmp_path / f"{name}.log", name) for name in names}
-    for name in names if started is None else started:
-        procs[name].start()
-    sampler_stop = asyncio.Event()
-
-    async def sample() -> None:
-        while not sampler_stop.is_set():
-            for proc in procs.values():
-                proc.sample()
-            await asyncio.sleep(0.2)
-
-    sampler = asyncio.create_task(sample())
+async def run_trial(
+    scenario: Scenario, seed: int, broker: KafkaBroker, emulator: EmulatorThread, logs: Path, figures: Figures
+) -> None:
+    rng = random.Random(seed)
+    config = make_config(broker.bootstrap, emulator, scenario)
+    await ensure_topics(config)
+    plan = scenario.make_plan(rng)
+    ctx = Context(scenario, rng, config, plan, emulator, broker, figures)
+    if scenario.backlog:
+        await stream(broker.bootstrap, config.audio_topic, plan, realtime=False)
+    ctx.emulator_before = len(emulator.stats()["sessions"])
     try:
-        yield procs
+        async with contextlib.AsyncExitStack() as stack:
+            if not scenario.read_after_fault:
+                ctx.collector = await stack.enter_async_context(Collector(broker.bootstrap, config.transcripts_topic))
+            ctx.procs = await stack.enter_async_context(workers(config, logs, scenario.workers, scenario.started))
+            producing = (
+                None if scenario.backlog else asyncio.create_task(stream(broker.bootstrap, config.audio_topic, plan))
+            )
+            try:
+                await scenario.inject(ctx)
+                if producing is not None:
+                    await producing
+            finally:
+                if producing is not None and not producing.done():
+                    producing.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await producing
+            if ctx.collector is None:
+                ctx.collector = await stack.enter_async_context(Collector(broker.bootstrap, config.transcripts_topic))
+            limit_s = scenario.collect_s + scenario.collect_per_audio_s * plan.shortest_audio_s()
+            await ctx.collector.wait_sessions(len(plan.sessions), limit_s)
+            outcome = check(plan, ctx.collector, may_fail=scenario.may_fail)
     finally:
-        sampler_stop.set()
-        await sampler
-        for proc in procs.values():
-            if proc.alive:
-                proc.terminate()
-
-
-def overloads_since(emulator: EmulatorThread, before: int) -> int:
-    return sum(s["overloaded"] for s in emulator.stats()["sessions"][before:])
-
-
-def explain(outcome: Outcome, procs: dict[str, WorkerProcess]) -> str:
-    logs = "\n".join(f"--- {name} ---\n{p.log_tail()}" for name, p in procs.items())
-    return f"lost={outcome.lost} duplicated={outcome.duplicated} wrong={outcome.wrong[:5]}\n{logs}"
-
-
-# -- 1. kill -9 and restart --------------------------------------------------------------------
-
-
-async def test_kill_9_and_restart_loses_and_duplicates_no_final(
-    kafka_bootstrap: str, emulator: EmulatorThread, tmp_path: Path
-) -> None:
-    totals = Outcome()
-    worst_recovery = 0.0
-    peak = 0
-    for seed in SEEDS:
-        rng = random.Random(seed)
-        config = make_config(kafka_bootstrap, emulator)
-        await ensure_topics(config)
-        plan = Plan.make(20, rng)
-        before = len(emulator.stats()["sessions"])
-        async with Collector(kafka_bootstrap, config.transcripts_topic) as collector, workers(
-            config, tmp_path / f"kill-{seed}", ["w1"]
-        ) as procs:
-            producing = asyncio.create_task(stream(kafka_bootstrap, config.audio_topic, plan))
-            await asyncio.sleep(rng.uniform(2.0, 6.0))
-            killed_at = time.monotonic()
-            procs["w1"].kill()
-            await asyncio.sleep(rng.uniform(0.2, 1.5))
-            procs["w1"].start()
-            await producing
-            await collector.wait_sessions(len(plan.sessions), 120)
-            outcome = check(plan, collector)
-            recovery = collector.first_output_after(killed_at) or 0.0
-        worst_recovery = max(worst_recovery, recovery)
-        peak = max(peak, procs["w1"].peak_rss)
-        assert outcome.lost == outcome.duplicated == 0 and not outcome.wrong, explain(outcome, procs)
-        assert overloads_since(emulator, before) == 0
-        totals.expected += outcome.expected
-    report(
-        "kill-9",
-        trials=len(SEEDS),
-        finals_expected=totals.expected,
-        finals_lost=0,
-        finals_duplicated=0,
-        worst_recovery_s=round(worst_recovery, 2),
-        peak_rss_mib=round(peak / 1024, 1),
-    )
-
-
-# -- 2. scale 1 → 3 → 2 ------------------------------------------------------------------------
-
-
-async def test_scale_out_and_in_while_streaming(kafka_bootstrap: str, emulator: EmulatorThread, tmp_path: Path) -> None:
-    totals = Outcome()
-    worst_recovery = 0.0
-    peak = 0
-    for seed in SEEDS:
-        rng = random.Random(100 + seed)
-        config = make_config(kafka_bootstrap, emulator)
-        await ensure_topics(config)
-        plan = Plan.make(20, rng)
-        before = len(emulator.stats()["sessions"])
-        async with Collector(kafka_bootstrap, config.transcripts_topic) as collector, workers(
-            config, tmp_path / f"scale-{seed}", ["w1", "w2", "w3"], started=["w1"]
-        ) as procs:
-            producing = asyncio.create_task(stream(kafka_bootstrap, config.audio_topic, plan))
-            await asyncio.sleep(rng.uniform(1.0, 3.0))
-            procs["w2"].start()
-            procs["w3"].start()
-            await asyncio.sleep(rng.uniform(3.0, 5.0))
-            stopped_at = time.monotonic()
-            procs["w3"].terminate()
-            await producing
-            await collector.wait_sessions(len(plan.sessions), 120)
-            outcome = check(plan, collector)
-            worst_recovery = max(worst_recovery, collector.first_output_after(stopped_at) or 0.0)
-        peak = max(peak, *(p.peak_rss for p in procs.values()))
-        assert outcome.lost == outcome.duplicated == 0 and not outcome.wrong, explain(outcome, procs)
-        assert overloads_since(emulator, before) == 0
-        # partitions that stay with w1 across the rebalances keep their sessions and sockets
-        assert re.search(r"rebalanced: kept \[\d", procs["w1"].log_path.read_text()), procs["w1"].log_tail()
-        totals.expected += outcome.expected
-    report(
-        "scale 1-3-2",
-        trials=len(SEEDS),
-        finals_expected=totals.expected,
-        finals_lost=0,
-        finals_duplicated=0,
-        worst_recovery_s=round(worst_recovery, 2),
-        peak_rss_mib=round(peak / 1024, 1),
-    )
-
-
-# -- 3. SIGTERM hand-off -----------------------------------------------------------------------
-
-
-async def test_sigterm_hands_off_within_the_deadline(
-    kafka_bootstrap: str, emulator: EmulatorThread, tmp_path: Path
-) -> None:
-    totals = Outcome()
-    worst_exit = worst_recovery = 0.0
-    peak = 0
-    for seed in SEEDS:
-        rng = random.Random(200 + seed)
-        config = make_config(kafka_bootstrap, emulator)
-        deadline = config.revoke_grace_s + 15.0  # documented: grace for drains + the last transaction
-        await ensure_topics(config)
-        plan = Plan.make(16, rng)
-        async with Collector(kafka_bootstrap, config.transcripts_topic) as collector, workers(
-            config, tmp_path / f"term-{seed}", ["w1", "w2"]
-        ) as procs:
-            producing = asyncio.create_task(stream(kafka_bootstrap, config.audio_topic, plan))
-            await asyncio.sleep(rng.uniform(2.0, 5.0))
-            stopped_at = time.monotonic()
-            exit_s = await asyncio.to_thread(procs["w1"].terminate, deadline + 30)
-            await producing
-            await collector.wait_sessions(len(plan.sessions), 120)
-            outcome = check(plan, collector)
-            worst_recovery = max(worst_recovery, collector.first_output_after(stopped_at) or 0.0)
-        worst_exit = max(worst_exit, exit_s)
-        peak = max(peak, *(p.peak_rss for p in procs.values()))
-        assert procs["w1"].exits[-1] == 0, procs["w1"].log_tail()
-        assert exit_s <= deadline, f"SIGTERM took {exit_s:.1f} s (deadline {deadline:.0f} s)"
-        assert outcome.lost == outcome.duplicated == 0 and not outcome.wrong, explain(outcome, procs)
-        totals.expected += outcome.expected
-    report(
-        "SIGTERM",
-        trials=len(SEEDS),
-        finals_expected=totals.expected,
-        finals_lost=0,
-        finals_duplicated=0,
-        worst_exit_s=round(worst_exit, 2),
-        worst_recovery_s=round(worst_recovery, 2),
-        peak_rss_mib=round(peak / 1024, 1),
-    )
-
-
-# -- 4. STT faults -----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("kind", ["drop", "5xx"])
-async def test_stt_drop_or_5xx_reconnects_and_replays(
-    kafka_bootstrap: str, emulator: EmulatorThread, tmp_path: Path, kind: str
-) -> None:
-    totals = Outcome()
-    reconnects = 0
-    for seed in SEEDS:
-        rng = random.Random(300 + seed)
-        config = make_config(kafka_bootstrap, emulator)
-        await ensure_topics(config)
-        # Every session has at least ~5.3 s of audio (3 turns of 3-4 words), and the first six
-        # connections (all opened at the start) fail within 1.0-3.5 s: each fault is sure to fire.
-        plan = Plan.make(10, rng, turns=(3, 3), words=(3, 4))
-        for _ in range(6):
-            at = rng.uniform(1000, 3500)
-            fault = Fault("drop", at_audio_ms=at) if kind == "drop" else Fault("error", at_audio_ms=at, status_code=503)
-            emulator.emulator.faults.add(fault)
-        before = len(emulator.stats()["sessions"])
-        async with Collector(kafka_bootstrap, config.transcripts_topic) as collector, workers(
-            config, tmp_path / f"{kind}-{seed}", ["w1"]
-        ) as procs:
-            await stream(kafka_bootstrap, config.audio_topic, plan)
-            await collector.wait_sessions(len(plan.sessions), 120)
-            outcome = check(plan, collector)
         emulator.emulator.faults.clear()
-        ours = emulator.stats()["sessions"][before:]
-        faulted = sum(1 for s in ours if s["fault"])
-        reconnects += faulted
-        assert faulted == 6, "every injected fault must have hit a connection"
-        assert outcome.lost == outcome.duplicated == 0 and not outcome.wrong, explain(outcome, procs)
-        totals.expected += outcome.expected
-    report(
-        f"STT {kind}",
-        trials=len(SEEDS),
-        finals_expected=totals.expected,
-        finals_lost=0,
-        finals_duplicated=0,
-        reconnects=reconnects,
-    )
+    figures.trials += 1
+    figures.expected += outcome.expected
+    figures.lost += outcome.lost
+    figures.duplicated += outcome.duplicated
+    figures.peak_rss_kib = max(figures.peak_rss_kib, *(p.peak_rss for p in ctx.procs.values()))
+    if ctx.fault_at is not None:
+        figures.worst("worst_recovery_s", ctx.collector.first_output_after(ctx.fault_at) or 0.0)
+    assert outcome.lost == outcome.duplicated == 0 and not outcome.wrong, explain(outcome, ctx.procs)
+    if scenario.paced:
+        overloads = sum(s["overloaded"] for s in ctx.stt_sessions())
+        assert overloads == 0, f"{overloads} STT connection(s) got audio faster than realtime"
+    for extra in scenario.checks:
+        await extra(ctx)
 
 
-async def test_stt_4xx_fails_only_that_session(kafka_bootstrap: str, emulator: EmulatorThread, tmp_path: Path) -> None:
-    rng = random.Random(400)
-    config = make_config(kafka_bootstrap, emulator)
-    await ensure_topics(config)
-    plan = Plan.make(8, rng)
-    emulator.emulator.faults.add(Fault("error", at_audio_ms=1200, status_code=400))
-    async with Collector(kafka_bootstrap, config.transcripts_topic) as collector, workers(
-        config, tmp_path / "4xx", ["w1"]
-    ) as procs:
-        await stream(kafka_bootstrap, config.audio_topic, plan)
-        await collector.wait_sessions(len(plan.sessions), 120)
-        outcome = check(plan, collector, may_fail=1)
-    emulator.emulator.faults.clear()
-    statuses = Counter(r["status"] for r in collector.finals())
-    assert statuses == {"complete": 7, "failed": 1}
-    assert outcome.lost == outcome.duplicated == 0 and not outcome.wrong, explain(outcome, procs)
-    report("STT 4xx", trials=1, finals_expected=outcome.expected, finals_lost=0, finals_duplicated=0, failed=1)
-
-
-# -- 5. broker restart -------------------------------------------------------------------------
-
-
-async def test_broker_restart_mid_run(emulator: EmulatorThread, tmp_path: Path) -> None:
-    totals = Outcome()
-    peak = 0
+@contextlib.contextmanager
+def scenario_broker(scenario: Scenario, shared: KafkaBroker) -> Iterator[KafkaBroker]:
+    if not scenario.own_broker:
+        yield shared
+        return
     with KafkaBroker() as broker:
-        for seed in SEEDS[:2]:
-            rng = random.Random(500 + seed)
-            # KNOWN DEFECT (see README "Known limits"): during a broker restart the worker cannot yet
-            # tell an outage from a quiet producer reliably and may fill silence into a word. This
-            # scenario tests delivery across the restart, so silence fill is off here.
-            config = make_config(broker.bootstrap, emulator, silence_budget_ms=600_000.0)
-            await ensure_topics(config)
-            plan = Plan.make(12, rng)
-            async with workers(config, tmp_path / f"broker-{seed}", ["w1"]) as procs:
-                producing = asyncio.create_task(stream(broker.bootstrap, config.audio_topic, plan))
-                await asyncio.sleep(rng.uniform(2.0, 4.0))
-                await asyncio.to_thread(broker.restart)
-                await producing
-                async with Collector(broker.bootstrap, config.transcripts_topic) as collector:
-                    await collector.wait_sessions(len(plan.sessions), 180)
-                    outcome = check(plan, collector)
-            peak = max(peak, procs["w1"].peak_rss)
-            assert outcome.lost == outcome.duplicated == 0 and not outcome.wrong, explain(outcome, procs)
-            totals.expected += outcome.expected
-    report(
-        "broker restart",
-        trials=2,
-        finals_expected=totals.expected,
-        finals_lost=0,
-        finals_duplicated=0,
-        peak_rss_mib=round(peak / 1024, 1),
+        yield broker
+
+
+# -- faults ----------------------------------------------------------------------------------------
+
+
+async def kill_9_and_restart(ctx: Context) -> None:
+    await asyncio.sleep(ctx.rng.uniform(2.0, 6.0))
+    ctx.mark_fault()
+    ctx.procs["w1"].kill()
+    await asyncio.sleep(ctx.rng.uniform(0.2, 1.5))
+    ctx.procs["w1"].start()
+
+
+async def scale_1_3_2(ctx: Context) -> None:
+    await asyncio.sleep(ctx.rng.uniform(1.0, 3.0))
+    ctx.procs["w2"].start()
+    ctx.procs["w3"].start()
+    await asyncio.sleep(ctx.rng.uniform(3.0, 5.0))
+    ctx.mark_fault()
+    await asyncio.to_thread(ctx.procs["w3"].terminate)
+
+
+async def sigterm_w1(ctx: Context) -> None:
+    deadline = ctx.config.revoke_grace_s + 15.0  # documented: grace for drains + the last transaction
+    await asyncio.sleep(ctx.rng.uniform(2.0, 5.0))
+    ctx.mark_fault()
+    exit_s = await asyncio.to_thread(ctx.procs["w1"].terminate, deadline + 30)
+    ctx.measured.update(exit_s=exit_s, deadline_s=deadline)
+    ctx.figures.worst("worst_exit_s", exit_s)
+
+
+def stt_faults(kind: str) -> Inject:
+    """Six STT connections dropped (``drop``) or failed with a 503 (``5xx``) at 1.0-3.5 s of audio."""
+
+    async def inject(ctx: Context) -> None:
+        # Every session has at least ~5 s of audio (3 turns of 3-4 words), and the first six
+        # connections (all opened at the start) fail within 1.0-3.5 s: each fault is sure to fire.
+        for _ in range(6):
+            at = ctx.rng.uniform(1000, 3500)
+            fault = Fault("drop", at_audio_ms=at) if kind == "drop" else Fault("error", at_audio_ms=at, status_code=503)
+            ctx.emulator.emulator.faults.add(fault)
+        ctx.measured["injected"] = 6
+
+    return inject
+
+
+async def stt_400(ctx: Context) -> None:
+    ctx.emulator.emulator.faults.add(Fault("error", at_audio_ms=1200, status_code=400))
+
+
+async def restart_broker(ctx: Context) -> None:
+    await asyncio.sleep(ctx.rng.uniform(2.0, 4.0))
+    await asyncio.to_thread(ctx.broker.restart)
+
+
+async def no_fault(ctx: Context) -> None:
+    """The load is the failure: a backlog of every session's whole audio."""
+
+
+def backlog_plan(scenario: Scenario, rng: random.Random) -> Plan:
+    """Sessions of ~25 s (10 minutes with STT_SOAK=1): turns of 3 words, ~2 s each, in rotated order."""
+    seconds = 600 if SOAK else 25
+    texts = [" ".join(rng.sample(WORDS, 3)).capitalize() + "." for _ in range(max(2, seconds // 2))]
+    sessions = {f"b{i:02d}": texts[i % 3 :] + texts[: i % 3] for i in range(scenario.sessions)}
+    return Plan.of(sessions, ("pcm_s16le", 16000))
+
+
+# -- checks besides exactly-once finals ------------------------------------------------------------
+
+
+async def partitions_that_stay_keep_their_sessions(ctx: Context) -> None:
+    # partitions that stay with w1 across the rebalances keep their sessions and sockets
+    w1 = ctx.procs["w1"]
+    assert re.search(r"rebalanced: kept \[\d", w1.log_path.read_text()), w1.log_tail()
+
+
+async def sigterm_exits_cleanly_within_the_deadline(ctx: Context) -> None:
+    w1 = ctx.procs["w1"]
+    exit_s, deadline = ctx.measured["exit_s"], ctx.measured["deadline_s"]
+    assert w1.exits[-1] == 0, w1.log_tail()
+    assert exit_s <= deadline, f"SIGTERM took {exit_s:.1f} s (deadline {deadline:.0f} s)"
+
+
+async def every_injected_fault_hit(ctx: Context) -> None:
+    faulted = sum(1 for s in ctx.stt_sessions() if s["fault"])
+    ctx.figures.add("reconnects", faulted)
+    assert faulted == ctx.measured["injected"], "every injected fault must have hit a connection"
+
+
+async def only_that_session_failed(ctx: Context) -> None:
+    statuses = Counter(r["status"] for r in ctx.finals() if r["kind"] == "session")
+    ctx.figures.set(failed=statuses["failed"])
+    assert statuses == {"complete": ctx.scenario.sessions - 1, "failed": 1}
+
+
+async def no_word_is_cut(ctx: Context) -> None:
+    """Silence filled into a word during the outage would cut it: the text or the turns would differ."""
+    finals, plan = ctx.finals(), ctx.plan
+    for session_id, turns in plan.sessions.items():
+        ended = [
+            (r["status"], r["transcript"]) for r in finals if r["kind"] == "session" and r["session_id"] == session_id
+        ]
+        assert ended == [("complete", plan.text(session_id))], f"{session_id}: {ended!r}"
+        got = [r["transcript"] for r in finals if r["kind"] == "turn" and r["session_id"] == session_id]
+        assert got == turns, f"{session_id}: turns {got!r} != {turns!r}"
+    events = await read_topic(
+        ctx.broker.bootstrap,
+        ctx.config.turns_topic,
+        until=lambda rs: sum(r["type"] == "session.end" for r in rs) >= len(plan.sessions),
+        limit_s=60,
     )
+    for session_id, turns in plan.sessions.items():
+        ends = [e["transcript"] for e in events if e["session_id"] == session_id and e["type"] == "turn.end"]
+        assert ends == turns, f"{session_id}: turn.end {ends!r} != {turns!r}"
 
 
-# -- 6. backlog and backpressure ---------------------------------------------------------------
-
-
-@pytest.mark.timeout(3600 if SOAK else 600)
-async def test_backlog_is_paced_with_bounded_memory(
-    kafka_bootstrap: str, emulator: EmulatorThread, tmp_path: Path
-) -> None:
-    soak = SOAK
-    seconds = 600 if soak else 25
-    rss_bound_mib = 400
-    rng = random.Random(600)
-    config = make_config(
-        kafka_bootstrap, emulator, pause_high_bytes=2 * 2**20, pause_low_bytes=512 * 2**10, drain_deadline_s=60
-    )
-    await ensure_topics(config)
-    texts = [" ".join(rng.sample(WORDS, 3)).capitalize() + "." for _ in range(max(2, seconds // 2))]  # ~2 s each
-    sessions = {f"b{i:02d}": texts[i % 3 :] + texts[: i % 3] for i in range(50)}
-    audio = {sid: synthesize(list(ts), 16000, "pcm_s16le", tail_ms=300) for sid, ts in sessions.items()}
-    plan = Plan(
-        {sid: [t if k == 0 else " " + t for k, t in enumerate(ts)] for sid, ts in sessions.items()},
-        {sid: (pcm, "pcm_s16le", 16000) for sid, pcm in audio.items()},
-    )
-    audio_s = min(len(pcm) for pcm in audio.values()) / 32000
-    await stream(kafka_bootstrap, config.audio_topic, plan, realtime=False)  # all of it is there first
-    before = len(emulator.stats()["sessions"])
-    async with Collector(kafka_bootstrap, config.transcripts_topic) as collector, workers(
-        config, tmp_path / "backlog", ["w1"]
-    ) as procs:
-        await collector.wait_sessions(len(plan.sessions), audio_s * 3 + 120)
-        outcome = check(plan, collector)
-        procs["w1"].sample()
-    log = procs["w1"].log_path.read_text()
+async def backlog_memory_is_bounded(ctx: Context) -> None:
+    w1 = ctx.procs["w1"]
+    log = w1.log_path.read_text()
     pauses, resumes = log.count("INFO pipeline.worker: paused p"), log.count("INFO pipeline.worker: resumed p")
-    peak_mib = procs["w1"].peak_rss / 1024
-    assert outcome.lost == outcome.duplicated == 0 and not outcome.wrong, explain(outcome, procs)
-    assert pauses > 0 and resumes > 0, "the backlog must have paused and resumed partitions"
-    assert overloads_since(emulator, before) == 0, "a backlog must be paced, not burst"
-    assert peak_mib < rss_bound_mib, f"worker peak RSS {peak_mib:.0f} MiB"
-    audio_mib = sum(len(a[0]) for a in plan.audio.values()) / 2**20
-    report(
-        "backlog" + (" (soak)" if soak else ""),
-        trials=1,
-        sessions=50,
-        audio_s_per_session=round(audio_s, 1),
-        backlog_audio_mib=round(audio_mib, 1),
-        finals_expected=outcome.expected,
-        finals_lost=0,
-        finals_duplicated=0,
+    peak_mib = w1.peak_rss / 1024
+    ctx.figures.set(
+        sessions=len(ctx.plan.sessions),
+        audio_s_per_session=ctx.plan.shortest_audio_s(),
+        backlog_audio_mib=sum(len(a[0]) for a in ctx.plan.audio.values()) / 2**20,
         pauses=pauses,
-        peak_rss_mib=round(peak_mib, 1),
     )
+    assert pauses > 0 and resumes > 0, "the backlog must have paused and resumed partitions"
+    assert peak_mib < 400, f"worker peak RSS {peak_mib:.0f} MiB"
+
+
+# -- the table -------------------------------------------------------------------------------------
+
+
+SCENARIOS = [
+    Scenario("kill-9", sessions=20, seeds=(1, 2, 3), inject=kill_9_and_restart, paced=True),
+    Scenario(
+        "scale 1-3-2",
+        sessions=20,
+        seeds=(101, 102, 103),
+        inject=scale_1_3_2,
+        workers=("w1", "w2", "w3"),
+        started=("w1",),
+        paced=True,
+        checks=(partitions_that_stay_keep_their_sessions,),
+    ),
+    Scenario(
+        "SIGTERM",
+        sessions=16,
+        seeds=(201, 202, 203),
+        inject=sigterm_w1,
+        workers=("w1", "w2"),
+        checks=(sigterm_exits_cleanly_within_the_deadline,),
+    ),
+    *(
+        Scenario(
+            f"STT {kind}",
+            sessions=10,
+            seeds=(301, 302, 303),
+            turns=(3, 3),
+            words=(3, 4),
+            inject=stt_faults(kind),
+            checks=(every_injected_fault_hit,),
+        )
+        for kind in ("drop", "5xx")
+    ),
+    Scenario("STT 4xx", sessions=8, seeds=(400,), inject=stt_400, may_fail=1, checks=(only_that_session_failed,)),
+    Scenario(
+        "broker restart",
+        sessions=12,
+        seeds=(501, 502),
+        inject=restart_broker,
+        own_broker=True,
+        read_after_fault=True,
+        collect_s=180.0,
+        # KNOWN DEFECT (README "Known defect"): during a broker restart the worker may still fill
+        # silence into a word. Until the fix lands, this scenario runs with silence fill off; the fix
+        # flips this one field, and `no_word_is_cut` then checks that no word is cut.
+        silence_fill=False,
+        checks=(no_word_is_cut,),
+    ),
+    Scenario(
+        "backlog (soak)" if SOAK else "backlog",
+        sessions=50,
+        seeds=(600,),
+        plan=backlog_plan,
+        inject=no_fault,
+        backlog=True,
+        paced=True,
+        settings={"pause_high_bytes": 2 * 2**20, "pause_low_bytes": 512 * 2**10, "drain_deadline_s": 60},
+        collect_per_audio_s=3.0,
+        checks=(backlog_memory_is_bounded,),
+        timeout_s=3600.0 if SOAK else 600.0,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "scenario", [pytest.param(s, id=s.id, marks=pytest.mark.timeout(s.timeout_s)) for s in SCENARIOS]
+)
+async def test_delivery_under_fault(
+    scenario: Scenario, kafka_broker: KafkaBroker, emulator: EmulatorThread, tmp_path: Path
+) -> None:
+    figures = Figures()
+    started = time.monotonic()
+    passed = False
+    try:
+        with scenario_broker(scenario, kafka_broker) as broker:
+            for seed in scenario.seeds:
+                await run_trial(scenario, seed, broker, emulator, tmp_path / f"{scenario.id}-{seed}", figures)
+        passed = True
+    finally:
+        report(scenario.name, passed=passed, wall_s=round(time.monotonic() - started, 1), **figures.as_report())

@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import random
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -14,7 +14,6 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from pipeline.audio import Encoding, bytes_per_sample
 from pipeline.emulator.engines.tones import script_text, synthesize
 from pipeline.kafka.topics import TopicSetupError, ensure_topics
 from pipeline.schemas import validate
@@ -23,18 +22,17 @@ from pipeline.worker import Worker
 from tests.support.config import worker_config
 from tests.support.emulator import EmulatorThread, running_emulator
 from tests.support.kafka import free_ports
+from tests.support.scripts import (
+    FORMATS,
+    WORDS,
+    audio_record,
+    check_turn_stream,
+    control_record,
+    read_topic,
+    session_records,
+)
 
 pytestmark = pytest.mark.kafka
-
-WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()  # noqa: SIM905
-FORMATS: list[tuple[Encoding, int]] = [
-    ("pcm_mulaw", 8000),
-    ("pcm_f32le", 48000),
-    ("pcm_s16le", 16000),
-    ("pcm_alaw", 8000),
-    ("pcm_s32le", 24000),
-    ("pcm_f16le", 22050),
-]
 
 
 @pytest.fixture(scope="module")
@@ -89,34 +87,6 @@ async def running_worker(harness: WorkerHarness) -> tuple[Worker, Settings]:
     return await harness.start(), harness.config
 
 
-def audio_record(
-    session: str, seq: int, data: bytes, encoding: str, rate: int, **extra: str
-) -> tuple[bytes, list[tuple[str, bytes]], bytes]:
-    headers = {"type": "audio", "seq": str(seq), "encoding": encoding, "sample_rate": str(rate), **extra}
-    return session.encode(), [(k, v.encode()) for k, v in headers.items()], data
-
-
-def control_record(session: str, seq: int, kind: str) -> tuple[bytes, list[tuple[str, bytes]], bytes]:
-    return session.encode(), [("type", kind.encode()), ("seq", str(seq).encode())], b""
-
-
-def session_records(
-    session: str, script: list[str | int], encoding: Encoding, rate: int, rng: random.Random, endpoint: str = "auto"
-) -> list[tuple[bytes, list[tuple[str, bytes]], bytes]]:
-    pcm = synthesize(script, rate, encoding)
-    sample = bytes_per_sample(encoding)
-    records = []
-    position = seq = 0
-    while position < len(pcm):
-        chunk_ms = rng.randint(20, 250)  # producers chunk however they like
-        size = max(1, rate * chunk_ms // 1000) * sample
-        records.append(audio_record(session, seq, pcm[position : position + size], encoding, rate, endpoint=endpoint))
-        position += size
-        seq += 1
-    records.append(control_record(session, seq, "end"))
-    return records
-
-
 async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, list[tuple[str, bytes]], bytes]]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
     await producer.start()
@@ -128,46 +98,8 @@ async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, list[tu
         await producer.stop()
 
 
-async def read_topic(bootstrap: str, topic: str, *, until: Any, limit_s: float = 120.0) -> list[dict[str, Any]]:
-    """Read a topic from the beginning (read_committed) until ``until(records)`` holds."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", isolation_level="read_committed"
-    )
-    await consumer.start()
-    records: list[dict[str, Any]] = []
-    try:
-        async with asyncio.timeout(limit_s):
-            while not until(records):
-                batch = await consumer.getmany(timeout_ms=200)
-                for items in batch.values():
-                    for item in items:
-                        assert item.value is not None
-                        record = orjson.loads(item.value)
-                        expected_key = record.get("session_id")
-                        assert (item.key.decode() if item.key is not None else None) == expected_key
-                        records.append(record)
-    finally:
-        await consumer.stop()
-    return records
-
-
 def sessions_ended(n: int) -> Any:
     return lambda records: sum(r["kind"] == "session" for r in records) >= n
-
-
-def check_turn_stream(events: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Schema-valid, no duplicates, contiguous seq per session, well-formed lifecycle."""
-    by_session: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for event in events:
-        validate("turn", event)
-        by_session[event["session_id"]].append(event)
-    for session, items in by_session.items():
-        assert [e["seq"] for e in items] == list(range(len(items))), f"{session}: seq not contiguous or duplicated"
-        assert items[0]["type"] == "session.start" and items[-1]["type"] == "session.end"
-        ends = [e["turn"] for e in items if e["type"] == "turn.end"]
-        starts = [e["turn"] for e in items if e["type"] == "turn.start"]
-        assert ends == starts == list(range(len(ends))), f"{session}: every turn must start and end once, in order"
-    return by_session
 
 
 async def test_twenty_interleaved_sessions_mixed_formats_exact_finals(
