@@ -439,8 +439,9 @@ class DeadLetterSource:
 class DeadLetter:
     """One `stt.dead-letter` record (``schemas/dead-letter.schema.json``): a rejected input record.
 
-    The ``value_*``/``headers_truncated`` fields describe a value or headers cut short; they are left
-    out of the record when None.
+    ``value_size`` is the original value's length. When the original did not fit the size budget,
+    ``value_truncated`` and ``value_sha256`` (of the whole value) say so, and ``headers_truncated``
+    when headers were cut; those three are left out of the record otherwise.
     """
 
     reason: str
@@ -449,9 +450,9 @@ class DeadLetter:
     source: DeadLetterSource
     headers: dict[str, str | None]
     value_b64: str
+    value_size: int
     at: int
     value_truncated: bool | None = None
-    value_size: int | None = None
     value_sha256: str | None = None
     headers_truncated: bool | None = None
 
@@ -463,11 +464,11 @@ class DeadLetter:
             "source": self.source.to_dict(),
             "headers": dict(self.headers),
             "value_b64": self.value_b64,
+            "value_size": self.value_size,
             "at": self.at,
         }
         for name, value in (
             ("value_truncated", self.value_truncated),
-            ("value_size", self.value_size),
             ("value_sha256", self.value_sha256),
             ("headers_truncated", self.headers_truncated),
         ):
@@ -485,12 +486,19 @@ class DeadLetter:
         _fields(
             obj,
             what,
-            ("reason", "detail", "session_id", "source", "headers", "value_b64", "at"),
-            ("value_truncated", "value_size", "value_sha256", "headers_truncated"),
+            ("reason", "detail", "session_id", "source", "headers", "value_b64", "value_size", "at"),
+            ("value_truncated", "value_sha256", "headers_truncated"),
         )
         headers = _nested(obj, "headers", what)
         if not all(isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in headers.items()):
             raise ContractError(f"{what}: `headers` must be an object of strings or nulls")
+        truncated = _opt_bool(obj, "value_truncated", what)
+        headers_cut = _opt_bool(obj, "headers_truncated", what)
+        if truncated is False or headers_cut is False:
+            raise ContractError(f"{what}: `value_truncated`/`headers_truncated` are present only as true")
+        sha = _opt_str(obj, "value_sha256", what)
+        if (truncated is None) != (sha is None):
+            raise ContractError(f"{what}: `value_truncated` and `value_sha256` come together")
         return cls(
             reason=_str(obj, "reason", what, nonempty=True),
             detail=_str(obj, "detail", what),
@@ -498,11 +506,11 @@ class DeadLetter:
             source=DeadLetterSource.from_json(_nested(obj, "source", what)),
             headers=dict(headers),
             value_b64=_str(obj, "value_b64", what),
+            value_size=_int(obj, "value_size", what),
             at=_int(obj, "at", what),
-            value_truncated=_opt_bool(obj, "value_truncated", what),
-            value_size=_opt_int(obj, "value_size", what),
-            value_sha256=_opt_str(obj, "value_sha256", what),
-            headers_truncated=_opt_bool(obj, "headers_truncated", what),
+            value_truncated=truncated,
+            value_sha256=sha,
+            headers_truncated=headers_cut,
         )
 
 

@@ -5,7 +5,13 @@ Set ``STT_METRICS_PORT`` (or ``--metrics-port``) to serve them at ``http://127.0
 
 from __future__ import annotations
 
+import time
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+if TYPE_CHECKING:
+    from pipeline.commit import CommitPlan
 
 REGISTRY = CollectorRegistry()
 
@@ -40,3 +46,13 @@ SILENCE_SENT_S = Counter("stt_silence_sent_seconds_total", "silence fill sent to
 
 def serve(port: int) -> None:
     start_http_server(port, addr="127.0.0.1", registry=REGISTRY)
+
+
+def observe_committed(plan: CommitPlan) -> None:
+    """Latencies of a committed transaction's records: event → committed, close → session final."""
+    now = time.monotonic()
+    for record in plan.records:
+        if record.created_at:
+            EVENT_TO_ACK_S.observe(now - record.created_at)
+        if record.close_sent_at is not None:
+            CLOSE_TO_FINAL_S.observe(now - record.close_sent_at)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -284,6 +285,11 @@ class Settings(BaseSettings):
     @property
     def max_poll_interval_ms(self) -> int:
         return _MAX_POLL_INTERVAL_MS
+
+    @property
+    def client_id_prefix(self) -> str:
+        """The start of every Kafka client id: the process's role and instance, e.g. ``stt-pipeline-w1``."""
+        return f"stt-pipeline-{self.group_instance_id or socket.gethostname()}"
 
 
 class _MappingEnvSource(EnvSettingsSource):

@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import (
-    InvalidRecordError,
+    CorruptRecordException,
     MessageSizeTooLargeError,
     ProducerFenced,
+    RecordListTooLargeError,
     RecordTooLargeError,
 )
 
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pipeline.kafka.transactions")
 
 # Errors that belong to one record, not to the transaction: retrying cannot help.
-_REFUSED = (MessageSizeTooLargeError, RecordTooLargeError, InvalidRecordError)
+_REFUSED = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError, CorruptRecordException)
 
 
 class Fenced(DeliveryError):

@@ -26,10 +26,10 @@ from typing import Any
 
 import pytest
 
-from pipeline.settings import Settings
 from pipeline.emulator.faults import Fault
 from pipeline.kafka.topics import ensure_topics
 from pipeline.schemas import validate
+from pipeline.settings import Settings
 from tests.support.config import worker_config
 from tests.support.emulator import EmulatorThread, running_emulator
 from tests.support.kafka import KafkaBroker

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from pipeline.emulator.engines.tones import script_text, synthesize
 from pipeline.kafka.topics import TopicSetupError, ensure_topics
@@ -62,7 +62,7 @@ class WorkerHarness:
     async def start(self) -> Worker:
         self._task = asyncio.create_task(self.worker.run(self._stop))
         for _ in range(300):  # until partitions are assigned
-            if self.worker._parts or self._task.done():
+            if self.worker.snapshot().partitions or self._task.done():
                 break
             await asyncio.sleep(0.05)
         assert not self._task.done(), self._task.exception()
@@ -160,7 +160,7 @@ async def test_twenty_interleaved_sessions_mixed_formats_exact_finals(
     assert len(ours) == 20
     assert not any(s["overloaded"] for s in ours), "the worker sent audio faster than realtime"
     assert all(s["close_code"] == 1000 for s in ours)
-    assert worker.stats.sessions_ended == {"complete": 20}
+    assert worker.snapshot().counters.sessions_ended == {"complete": 20}
     assert not any(s["fault"] for s in ours)
     await wait_for_tombstones(kafka_bootstrap, config.sessions_topic, set(expected))
 
@@ -264,7 +264,7 @@ async def test_bad_input_goes_to_dead_letter_and_others_finish(
     transcripts = await read_topic(kafka_bootstrap, config.transcripts_topic, until=sessions_ended(1))
     final = transcripts[-1]
     assert (final["session_id"], final["transcript"], final["status"]) == ("good", "Still fine.", "complete")
-    assert worker.stats.duplicates >= 1
+    assert worker.snapshot().counters.duplicates >= 1
 
 
 async def test_sequence_gap_is_reported_and_session_continues(
@@ -296,30 +296,29 @@ async def test_worker_commits_only_past_finished_work(
     await read_topic(kafka_bootstrap, config.transcripts_topic, until=sessions_ended(1))
     await produce(kafka_bootstrap, config.audio_topic, [audio_record("holder", 0, pcm, "pcm_s16le", 16000)])
     for _ in range(100):
-        if "holder" in worker._open:
+        if worker.snapshot().session("holder") is not None:
             break
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.6)  # a few commit intervals
     await worker.commit()
-    consumer = worker._consumer
-    assert consumer is not None
-    tp = next(iter(consumer.assignment()))
-    committed = await consumer.committed(tp)
-    assert worker._open["holder"].session.first_offset == 2
-    assert committed == 2  # past the finished session, held at the open session's first chunk
-    await produce(kafka_bootstrap, config.audio_topic, [control_record("holder", 1, "end")])
-    await read_topic(kafka_bootstrap, config.transcripts_topic, until=sessions_ended(2))
-    for _ in range(100):
-        await worker.commit()
-        if await consumer.committed(tp) == worker._parts[tp.partition].watermark.position:
-            break
-        await asyncio.sleep(0.1)
-    assert await consumer.committed(tp) == worker._parts[tp.partition].watermark.position
-
-
-def test_config_repr_hides_the_api_key() -> None:
-    config = Settings.load(env={}).replace(api_key="sk-secret")
-    assert "sk-secret" not in repr(config) and "sk-secret" not in str(config)
+    holder = worker.snapshot().session("holder")
+    assert holder is not None and holder.first_offset == 2
+    (part,) = worker.snapshot().partitions
+    tp = TopicPartition(config.audio_topic, part.partition)
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=config.group_id)
+    await consumer.start()
+    try:
+        assert await consumer.committed(tp) == 2  # past the finished session, held at the open session's first chunk
+        await produce(kafka_bootstrap, config.audio_topic, [control_record("holder", 1, "end")])
+        await read_topic(kafka_bootstrap, config.transcripts_topic, until=sessions_ended(2))
+        for _ in range(100):
+            await worker.commit()
+            if await consumer.committed(tp) == worker.snapshot().partitions[0].position:
+                break
+            await asyncio.sleep(0.1)
+        assert await consumer.committed(tp) == worker.snapshot().partitions[0].position == 4
+    finally:
+        await consumer.stop()
 
 
 async def test_stopping_right_after_a_session_ends_still_publishes_its_final(
@@ -336,16 +335,10 @@ async def test_stopping_right_after_a_session_ends_still_publishes_its_final(
             harness.config.audio_topic,
             [audio_record(session, 0, pcm, "pcm_s16le", 16000), control_record(session, 1, "end")],
         )
-        ended = asyncio.Event()
-        original = harness.worker._session_ended
-
-        def hooked(current: Any, original: Any = original, ended: asyncio.Event = ended) -> None:
-            original(current)
-            ended.set()
-
-        harness.worker._session_ended = hooked  # type: ignore[method-assign]  # observe the exact moment
-        await harness.start()
-        await asyncio.wait_for(ended.wait(), 30)
+        worker = await harness.start()
+        async with asyncio.timeout(30):
+            while not worker.snapshot().counters.sessions_ended:  # noqa: ASYNC110  # stop right after it ended
+                await asyncio.sleep(0.005)
         await harness.stop()
         transcripts = await read_topic(kafka_bootstrap, harness.config.transcripts_topic, until=sessions_ended(1))
         assert transcripts[-1]["transcript"] == "Last words."
@@ -363,7 +356,8 @@ async def test_muted_producer_gets_silence_so_the_turn_ends(
         kafka_bootstrap, config.turns_topic, until=lambda rs: any(r["type"] == "turn.end" for r in rs), limit_s=20
     )
     assert [e["transcript"] for e in events if e["type"] == "turn.end"] == ["Are you there?"]
-    assert worker._open["muted"].session.pacer.silence_ms_sent > 0
+    muted = worker.snapshot().session("muted")
+    assert muted is not None and muted.silence_ms > 0
     await produce(kafka_bootstrap, config.audio_topic, [control_record("muted", 1, "end")])
     await read_topic(kafka_bootstrap, config.transcripts_topic, until=sessions_ended(1))
 
@@ -390,7 +384,7 @@ async def test_stt_unreachable_sessions_wait_and_retry(kafka_bootstrap: str) -> 
         with running_emulator(port=port):
             transcripts = await read_topic(kafka_bootstrap, config.transcripts_topic, until=sessions_ended(1))
         assert (transcripts[-1]["transcript"], transcripts[-1]["status"]) == ("Anyone home?", "complete")
-        assert worker.stats.reconnects >= 1
+        assert worker.snapshot().counters.reconnects >= 1
         events = await read_topic(
             kafka_bootstrap, config.turns_topic, until=lambda rs: any(r["type"] == "session.end" for r in rs)
         )

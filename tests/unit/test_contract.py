@@ -24,7 +24,7 @@ from pipeline.contract import (
 )
 from pipeline.errors import ContractError
 from pipeline.records import AudioFormat, Rejected, dead_letter
-from pipeline.schemas import load_schema, validate
+from pipeline.schemas import validate
 
 ints = st.integers(min_value=0, max_value=2**63 - 1)
 small = st.integers(min_value=0, max_value=10_000)
@@ -94,15 +94,6 @@ checkpoints = st.builds(
     at=ints,
 )
 
-# The value_*/headers_truncated fields are generated only once the dead-letter schema declares them,
-# so every generated record is one the schema accepts.
-_DEAD_LETTER_PROPERTIES = set(load_schema("dead_letter")["properties"])
-
-
-def _if_declared(name: str, strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    return st.none() | strategy if name in _DEAD_LETTER_PROPERTIES else st.none()
-
-
 dead_letters = st.builds(
     DeadLetter,
     reason=st.from_regex(r"[a-z][a-z0-9_]{0,15}", fullmatch=True),
@@ -111,11 +102,16 @@ dead_letters = st.builds(
     source=st.builds(DeadLetterSource, topic=names, partition=small, offset=ints, timestamp=st.none() | ints),
     headers=st.dictionaries(texts, st.none() | texts, max_size=4),
     value_b64=st.binary(max_size=20).map(lambda b: __import__("base64").b64encode(b).decode("ascii")),
+    value_size=ints,
     at=ints,
-    value_truncated=_if_declared("value_truncated", st.booleans()),
-    value_size=_if_declared("value_size", ints),
-    value_sha256=_if_declared("value_sha256", st.from_regex(r"[0-9a-f]{64}", fullmatch=True)),
-    headers_truncated=_if_declared("headers_truncated", st.booleans()),
+    headers_truncated=st.none() | st.just(True),
+).flatmap(
+    lambda d: st.one_of(
+        st.just(d),
+        st.from_regex(r"[0-9a-f]{64}", fullmatch=True).map(
+            lambda h: dataclasses.replace(d, value_truncated=True, value_sha256=h)
+        ),
+    )
 )
 
 
@@ -285,7 +281,7 @@ def test_checkpoint_from_json_is_strict() -> None:
 
 
 def test_dead_letter_from_json_is_strict() -> None:
-    good = DeadLetter("bad_value", "d", None, DeadLetterSource("t", 0, 1, None), {"a": None}, "", 1)
+    good = DeadLetter("bad_value", "d", None, DeadLetterSource("t", 0, 1, None), {"a": None}, "", 0, 1)
     data = good.to_dict()
     for name, bad in [("headers", {"a": 1}), ("source", {"topic": "t"}), ("value_size", "3"), ("value_truncated", 1)]:
         with pytest.raises(ContractError):
@@ -294,10 +290,12 @@ def test_dead_letter_from_json_is_strict() -> None:
 
 def test_dead_letter_truncation_fields_are_published_only_when_set() -> None:
     source = DeadLetterSource("stt.audio", 0, 1, 2)
-    plain = DeadLetter("bad_value", "d", "s", source, {}, "", 1)
-    assert set(plain.to_dict()) == {"reason", "detail", "session_id", "source", "headers", "value_b64", "at"}
+    plain = DeadLetter("bad_value", "d", "s", source, {}, "", 0, 1)
+    assert list(plain.to_dict()) == [
+        "reason", "detail", "session_id", "source", "headers", "value_b64", "value_size", "at"
+    ]
     cut = dataclasses.replace(
-        plain, value_truncated=True, value_size=10_000_000, value_sha256="ab" * 32, headers_truncated=False
+        plain, value_truncated=True, value_size=10_000_000, value_sha256="ab" * 32, headers_truncated=True
     )
-    assert list(cut.to_dict())[-4:] == ["value_truncated", "value_size", "value_sha256", "headers_truncated"]
+    assert list(cut.to_dict())[-3:] == ["value_truncated", "value_sha256", "headers_truncated"]
     assert DeadLetter.from_json(cut.to_json()) == cut

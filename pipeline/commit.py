@@ -1,0 +1,173 @@
+"""What one transaction of an input partition carries, decided in one synchronous step (pure).
+
+A partition's transaction commits three things atomically: output records (turn events, transcripts,
+dead letters), the checkpoints of its sessions (`stt.sessions`) and the input offset (its watermark).
+The rule that makes crash recovery exact is: **a committed checkpoint accounts for exactly the
+records committed with it or before it.** A checkpoint that counted an output still waiting elsewhere
+would let a crash lose that output for good.
+
+:class:`CommitBook` makes the rule structural. The only way a checkpoint enters the book is
+:meth:`CommitBook.add`, together with the records produced up to the same instant (a session hands
+both over from one synchronous call). :meth:`CommitBook.plan` then takes everything added since the
+last plan, the changed checkpoints and the watermark, also synchronously, as a :class:`CommitPlan`.
+So every checkpoint in a plan is preceded, in that plan or an earlier one, by every record it counts.
+
+Records may be sent at commit time (the plan carries them) or eagerly, inside the partition's open
+transaction, as soon as they are added: the plan's ``records`` are then those already sent in the
+open transaction. Either way, an aborted plan (:meth:`CommitBook.failed`) puts its records back in
+front of anything added since, and its checkpoints are offered again by the next plan.
+
+The book also owns the partition's :class:`~pipeline.offsets.PartitionWatermark`: an open session's
+checkpoint holds the watermark at its resume offset, a finished one releases it, and other holders
+(dormant checkpoints, deferred records) are named explicitly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from pipeline.contract import Checkpoint
+from pipeline.offsets import PartitionWatermark
+
+
+@dataclass(frozen=True, slots=True)
+class OutRecord:
+    """One output record: ``value`` None is a tombstone; ``partition`` None lets the producer choose."""
+
+    topic: str
+    key: str | None
+    value: bytes | None
+    partition: int | None = None
+    created_at: float = 0.0  # monotonic time the record came to exist (latency metrics)
+    close_sent_at: float | None = None  # a session's final: when its close command went out
+
+
+@dataclass(frozen=True, slots=True)
+class CommitPlan:
+    """One transaction: ``records`` first, then ``checkpoints`` (None: a tombstone), then ``offset``."""
+
+    records: tuple[OutRecord, ...]
+    checkpoints: tuple[tuple[str, Checkpoint | None], ...]
+    offset: int
+    advance: bool  # whether ``offset`` differs from the last committed one
+
+    @property
+    def empty(self) -> bool:
+        return not self.records and not self.checkpoints and not self.advance
+
+
+def _same(a: Checkpoint | None, b: Checkpoint | None) -> bool:
+    """Equal apart from the time stamp."""
+    if a is None or b is None:
+        return a is b
+    return replace(a, at=0) == replace(b, at=0)
+
+
+@dataclass
+class CommitBook:
+    """The commit state of one input partition (see the module docstring)."""
+
+    partition: int
+    sessions_topic: str
+    watermark: PartitionWatermark
+    committed_offset: int | None = None
+    _pending: list[OutRecord] = field(default_factory=list)
+    _latest: dict[str, Checkpoint] = field(default_factory=dict)
+    _committed: dict[str, Checkpoint] = field(default_factory=dict)
+    _inflight: CommitPlan | None = None
+
+    @classmethod
+    def resumed(
+        cls, partition: int, sessions_topic: str, position: int, checkpoints: Mapping[str, Checkpoint]
+    ) -> CommitBook:
+        """A freshly assigned partition: ``checkpoints`` as read back from `stt.sessions`."""
+        book = cls(partition, sessions_topic, PartitionWatermark(position), committed_offset=position)
+        book._latest = dict(checkpoints)
+        book._committed = dict(checkpoints)
+        for session_id, checkpoint in checkpoints.items():
+            if checkpoint.status == "open":
+                book.watermark.hold(session_id, checkpoint.resume_offset)
+        return book
+
+    # -- what goes in ----------------------------------------------------------------------------
+
+    def add(self, records: Sequence[OutRecord], checkpoint: Checkpoint | None = None) -> None:
+        """Records, and optionally the checkpoint of the session that produced them as of the same instant.
+
+        Records added while a plan is in flight belong to the next plan."""
+        self._pending.extend(records)
+        if checkpoint is not None:
+            session_id = checkpoint.session_id
+            self._latest[session_id] = checkpoint
+            if checkpoint.status == "open":
+                self.watermark.hold(session_id, checkpoint.resume_offset)
+            else:
+                self.watermark.release(session_id)
+
+    def hold(self, key: Hashable, offset: int) -> None:
+        """Something other than a session's checkpoint needs input from ``offset`` on."""
+        self.watermark.hold(key, offset)
+
+    def release(self, key: Hashable) -> None:
+        self.watermark.release(key)
+
+    def consumed(self, offset: int) -> None:
+        self.watermark.consumed(offset)
+
+    def checkpoint(self, session_id: str) -> Checkpoint | None:
+        """The latest known checkpoint of a session of this partition."""
+        return self._latest.get(session_id)
+
+    def checkpoints(self) -> Mapping[str, Checkpoint]:
+        return self._latest
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    # -- the transaction -------------------------------------------------------------------------
+
+    def plan(self) -> CommitPlan:
+        """Take the next transaction, synchronously: records added so far, changed checkpoints
+        (tombstones for finished sessions the committed offset has passed), the watermark."""
+        if self._inflight is not None:
+            raise RuntimeError(f"partition {self.partition}: a plan is already in flight")
+        offset = self.watermark.committable()
+        checkpoints: list[tuple[str, Checkpoint | None]] = []
+        for session_id, checkpoint in self._latest.items():
+            committed = self._committed.get(session_id)
+            same = _same(committed, checkpoint)
+            close = checkpoint.close_offset
+            if checkpoint.status != "open" and same and close is not None and close < offset:
+                checkpoints.append((session_id, None))
+            elif not same:
+                checkpoints.append((session_id, checkpoint))
+        plan = CommitPlan(tuple(self._pending), tuple(checkpoints), offset, offset != self.committed_offset)
+        self._pending = []
+        self._inflight = plan
+        return plan
+
+    def committed(self, plan: CommitPlan) -> None:
+        """``plan`` committed: its checkpoints are what `stt.sessions` now holds."""
+        self._finish(plan)
+        for session_id, checkpoint in plan.checkpoints:
+            if checkpoint is None:
+                self._committed.pop(session_id, None)
+                self._latest.pop(session_id, None)  # finished, and the committed offset is past it
+            else:
+                self._committed[session_id] = checkpoint
+        self.committed_offset = plan.offset
+
+    def failed(self, plan: CommitPlan, quarantine: Collection[int] = ()) -> list[OutRecord]:
+        """``plan`` aborted: its records go back in front, except those at the ``quarantine`` indexes
+        (records Kafka refuses for themselves), which are returned; checkpoints are offered again."""
+        self._finish(plan)
+        kept = [r for i, r in enumerate(plan.records) if i not in quarantine]
+        self._pending = kept + self._pending
+        return [r for i, r in enumerate(plan.records) if i in quarantine]
+
+    def _finish(self, plan: CommitPlan) -> None:
+        if self._inflight is not plan:
+            raise RuntimeError(f"partition {self.partition}: that plan is not the one in flight")
+        self._inflight = None
