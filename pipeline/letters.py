@@ -21,12 +21,8 @@ from pipeline.redact import scrub
 if TYPE_CHECKING:
     from pipeline.settings import Settings
 
-# A dead letter leaves this much of the producer's request size for the record batch around it.
-_ENVELOPE_BYTES = 4096
-
-
-def _budget(settings: Settings) -> int:
-    return settings.max_request_size - _ENVELOPE_BYTES
+# A dead letter leaves this much of its record budget for the key and the record batch around it.
+LETTER_ENVELOPE_BYTES = 4096
 
 
 def _key(session_id: str | None, settings: Settings) -> str | None:
@@ -37,6 +33,7 @@ def _key(session_id: str | None, settings: Settings) -> str | None:
 
 def dead_letter_record(
     settings: Settings,
+    max_bytes: int,
     tp: TopicPartition,
     record: ConsumerRecord[bytes, bytes],
     reason: str,
@@ -57,12 +54,12 @@ def dead_letter_record(
         headers=record.headers,
         value=record.value,
         at=int(time.time() * 1000),
-        max_bytes=_budget(settings),
+        max_bytes=max_bytes,
     )
     return OutRecord(settings.dead_letter_topic, key, orjson.dumps(letter), created_at=time.monotonic())
 
 
-def corrupt_letter(settings: Settings, corrupt: CorruptRecord) -> OutRecord:
+def corrupt_letter(settings: Settings, max_bytes: int, corrupt: CorruptRecord) -> OutRecord:
     """The dead letter of a record aiokafka could not decode: its position, the error, its bytes if known."""
     letter = dead_letter(
         Rejected("unparseable", f"the record could not be decoded: {scrub(corrupt.error, [], 400)}"),
@@ -74,13 +71,13 @@ def corrupt_letter(settings: Settings, corrupt: CorruptRecord) -> OutRecord:
         headers=[],
         value=corrupt.raw,
         at=int(time.time() * 1000),
-        max_bytes=_budget(settings),
+        max_bytes=max_bytes,
     )
     return OutRecord(settings.dead_letter_topic, None, orjson.dumps(letter), created_at=time.monotonic())
 
 
 def quarantine_letter(
-    settings: Settings, tp: TopicPartition, offset: int, record: OutRecord, error: str
+    settings: Settings, max_bytes: int, tp: TopicPartition, offset: int, record: OutRecord, error: str
 ) -> OutRecord:
     """A small stand-in for an output record Kafka refused: where it was going, its size and hash."""
     value = record.value or b""
@@ -98,6 +95,6 @@ def quarantine_letter(
         headers=[],
         value=b"",
         at=int(time.time() * 1000),
-        max_bytes=_budget(settings),
+        max_bytes=max_bytes,
     )
     return OutRecord(settings.dead_letter_topic, _key(record.key, settings), orjson.dumps(letter))

@@ -14,7 +14,8 @@ States (:class:`PartitionState`), the most restrictive condition wins:
                   full session cap deferred) until the consumer is back at ``catch_up_to``.
 ``RECOVERING``    Kafka answers again after an outage. Producers reconnect on their own schedule, so
                   the partition stays not live until a record arrives or ``recovery_grace_s`` passes.
-``DISCONNECTED``  no fetch answer for ``fetch_silence_ms``, or the consumer lost its connection.
+``DISCONNECTED``  no fetch answer for ``fetch_silence_ms``, the consumer lost its connection, or the
+                  worker's own transaction hangs (Kafka refuses writes: so do the producers').
 ``PAUSED``        backpressure: the sessions hold more than ``pause_high_bytes`` of queued audio.
 ``REVOKING``      revoked by the group, committed and frozen: no commits until the next assignment
                   says whether it stays (:meth:`Partition.keep`) or goes (:meth:`Partition.release`).
@@ -96,6 +97,7 @@ class Partition:
         self._recovering_since = now
         self._lagging = False
         self._paused = False
+        self._write_stalled = False
         self._frozen_at: float | None = None
 
     # -- what the worker reads -------------------------------------------------------------------
@@ -138,6 +140,25 @@ class Partition:
         """The consumer saw the link fail (a fetch error, a lost connection, the coordinator gone)."""
         self._require_owned_or_frozen("disconnected")
         self._link = _Link.DOWN
+        self._settle()
+
+    def write_stalled(self) -> None:
+        """The worker's own transaction to Kafka has hung for longer than ``fetch_silence_ms``: Kafka is
+        not taking writes, so the producers upstream are most likely blocked too. Fetches may still
+        answer meanwhile (a broker shutting down serves reads but refuses ``acks=all`` writes)."""
+        self._require_owned_or_frozen("write_stalled")
+        self._write_stalled = True
+        self._settle()
+
+    def write_ok(self, now: float) -> None:
+        """The worker's transaction finished (committed or failed). After a stall, the partition
+        recovers like after an outage: live again on a record, or after ``recovery_grace_s``."""
+        self._require_owned_or_frozen("write_ok")
+        if self._write_stalled:
+            self._write_stalled = False
+            if self._link is not _Link.DOWN:
+                self._link = _Link.RECOVERING
+                self._recovering_since = now
         self._settle()
 
     def records_fetched(self, now: float) -> None:
@@ -214,7 +235,7 @@ class Partition:
     def _derived(self) -> PartitionState:
         if self._paused:
             return S.PAUSED
-        if self._link is _Link.DOWN:
+        if self._link is _Link.DOWN or self._write_stalled:
             return S.DISCONNECTED
         if self.catch_up_to is not None:
             return S.CATCHING_UP

@@ -55,6 +55,9 @@ Phase = Literal["streaming", "draining", "closing", "ended"]
 Topic = Literal["turns", "transcripts"]
 
 
+MAX_REQUEST_ID_CHARS = 256
+
+
 @dataclass(frozen=True, slots=True)
 class SessionConfig:
     frame_ms: float = 100.0
@@ -63,6 +66,9 @@ class SessionConfig:
     drain_deadline_s: float = 30.0
     replay_margin_ms: float = 400.0
     max_reconnects: int = 5
+    # Largest serialized transcript text one record may carry (a turn's text, or the session's); the
+    # rest of the record budget is left for the envelope. Provider text beyond it fails the session.
+    max_text_bytes: int = 1_000_000 - 16_384
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,7 +346,7 @@ class Session:
             return
         kind = event.get("type")
         if isinstance(event.get("request_id"), str):
-            self.request_id = event["request_id"]
+            self.request_id = self._scrub(event["request_id"])[:MAX_REQUEST_ID_CHARS]
         if kind == "done":
             self._done_received = True
         ended_turn = False
@@ -488,15 +494,42 @@ class Session:
         return TurnEvent(event.type, event.turn, " " + text, event.request_id, event.error)
 
     def _publish(self, event: TurnEvent) -> None:
+        request_id = None if event.request_id is None else self._scrub(event.request_id)[:MAX_REQUEST_ID_CHARS]
         if event.type == "session.error":
-            self._emit_turn("session.error", error=event.error, request_id=event.request_id)
+            self._emit_turn("session.error", error=event.error, request_id=request_id)
             return
         event = self._seamed(event)
+        if event.transcript is not None and self._oversized(event):
+            return
+        event = TurnEvent(event.type, event.turn, event.transcript, request_id, event.error)
         self._emit_turn(event.type, turn=event.turn, transcript=event.transcript, request_id=event.request_id)
         if event.type == "turn.end":
             assert event.turn is not None and event.transcript is not None
             self.assembler.add_turn(event.turn, event.transcript)
             self._emit_transcript("turn", event.turn, event.transcript, "complete")
+
+    def _oversized(self, event: TurnEvent) -> bool:
+        """Provider text too large to publish: the session ends ``failed`` instead (its partition's other
+        sessions are untouched). Checks the turn's text and, at a turn's end, the session's."""
+        assert event.transcript is not None
+        size = len(orjson.dumps(event.transcript))
+        if event.type == "turn.end":
+            size = max(size, len(orjson.dumps(self._text_so_far() + event.transcript)))
+        limit = self.config.max_text_bytes
+        if size <= limit:
+            return False
+        self._emit_turn(
+            "session.error",
+            error=ProviderErrorInfo(
+                status_code=None,
+                title="Output too large",
+                message=f"a `{event.type}` would carry {size} bytes of transcript; the limit is {limit}",
+                error_code="oversized_output",
+                retryable=False,
+            ),
+        )
+        self._end("failed")
+        return True
 
     def _end(self, status: Status) -> None:
         self.status = status

@@ -25,7 +25,7 @@ from pipeline.commit import CommitBook, OutRecord
 from pipeline.contract import TranscriptRecord
 from pipeline.records import AudioFormat, InputMessage
 from pipeline.runner import SessionRunner
-from pipeline.session import Resume, Session, Taken
+from pipeline.session import Resume, Session, SessionConfig, Taken
 from pipeline.snapshot import Counters, SessionSnapshot
 
 log = logging.getLogger("pipeline.sessions")
@@ -55,7 +55,7 @@ class SessionTable:
         self,
         *,
         topics: dict[str, str],
-        session_config: object,
+        session_config: SessionConfig,
         connect: Connect,
         book_of: Callable[[int], CommitBook | None],
         live: Callable[[int], bool],
@@ -65,7 +65,7 @@ class SessionTable:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._topics = topics
-        self._session_config = session_config
+        self.session_config = session_config
         self._connect = connect
         self._book_of = book_of
         self._live = live
@@ -93,7 +93,7 @@ class SessionTable:
             session_id,
             fmt,
             first_offset=offset,
-            config=self._session_config,  # type: ignore[arg-type]
+            config=self.session_config,
             wall_ms=wall_ms,
             resume=resume,
             scrub=self._scrub,
@@ -127,11 +127,16 @@ class SessionTable:
 
     def hand_over(self, current: OpenSession, taken: Taken) -> None:
         """The session's records and checkpoint, together, into its partition's commit book."""
-        book = self._book_of(current.partition)
+        self.add_taken(current.partition, current.session, taken)
+
+    def add_taken(self, partition: int, session: Session, taken: Taken) -> None:
+        """Records and checkpoint of any session of ``partition`` (also one that is not open, e.g. a
+        dormant checkpoint the guard truncated), together, into the partition's commit book."""
+        book = self._book_of(partition)
         if book is None:
             return
         now = self._clock()
-        close_at = current.session.close_sent_at
+        close_at = session.close_sent_at
 
         def final(record: object) -> bool:
             return isinstance(record, TranscriptRecord) and record.kind == "session"

@@ -36,6 +36,10 @@ _STT_SCHEMES = ("http", "https", "ws", "wss")
 _MAX_POLL_INTERVAL_MS = 300_000
 
 
+# Of a record's size budget, what a transcript's text may not use (the rest of the record, batch overhead).
+TEXT_ENVELOPE_BYTES = 16_384
+
+
 class SettingsError(ValueError):
     """Invalid settings; the message names the environment variable of each bad value, never a secret."""
 
@@ -270,6 +274,7 @@ class Settings(BaseSettings):
             drain_deadline_s=self.drain_deadline_s,
             replay_margin_ms=self.replay_margin_ms,
             max_reconnects=self.max_reconnects,
+            max_text_bytes=self.max_request_size - TEXT_ENVELOPE_BYTES,
         )
 
     @property

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import replace
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -26,16 +27,17 @@ from pipeline.commit import CommitBook
 from pipeline.kafka.checkpoints import load_checkpoints
 from pipeline.kafka.fetch import CorruptRecord, fetch
 from pipeline.kafka.probe import read_link
-from pipeline.kafka.topics import ensure_topics
+from pipeline.kafka.topics import ensure_topics, topic_limits
 from pipeline.kafka.transactions import Fenced, PartitionTransactions, RecordsRefused
-from pipeline.letters import corrupt_letter, dead_letter_record, quarantine_letter
-from pipeline.partition import FlowAction, FlowLimits, Partition
+from pipeline.letters import LETTER_ENVELOPE_BYTES, corrupt_letter, dead_letter_record, quarantine_letter
+from pipeline.limits import SizeBudget
+from pipeline.partition import FlowAction, FlowLimits, Partition, PartitionState
 from pipeline.records import InputLimits, Rejected, parse
 from pipeline.redact import scrub
 from pipeline.router import Decision, Router
 from pipeline.session import Resume, Session
 from pipeline.sessions import Connect, OpenSession, SessionTable, wall_ms
-from pipeline.settings import Settings
+from pipeline.settings import TEXT_ENVELOPE_BYTES, Settings
 from pipeline.snapshot import Counters, PartitionSnapshot, WorkerSnapshot
 from pipeline.stt.client import open_socket
 
@@ -47,6 +49,7 @@ class _Owned:
 
     def __init__(self, tp: TopicPartition, state: Partition, book: CommitBook, txn: PartitionTransactions) -> None:
         self.tp, self.state, self.book, self.txn = tp, state, book, txn
+        self.committing_since: float | None = None  # a transaction is in flight since
         self.dormant: dict[str, float] = {}  # open checkpoints not resumed since the assignment → since
 
 
@@ -58,6 +61,7 @@ class Worker:
         self._revoked: set[int] = set()
         self._consumer: AIOKafkaConsumer | None = None
         self._running = self._joined = False
+        self._letter_bytes = settings.max_request_size - LETTER_ENVELOPE_BYTES
         self._limits = InputLimits(settings.max_key_bytes, settings.max_header_bytes)
         self._router = Router(settings.max_sessions, settings.completed_memory)
         key = settings.stt_api_key()
@@ -114,6 +118,12 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.settings
         await ensure_topics(settings)
+        budget = SizeBudget.from_configs(settings.max_request_size, await topic_limits(settings))
+        text_limit = min(budget.limit(settings.turns_topic), budget.limit(settings.transcripts_topic))
+        self._sessions.session_config = replace(
+            settings.session_config(), max_text_bytes=text_limit - TEXT_ENVELOPE_BYTES
+        )
+        self._letter_bytes = budget.limit(settings.dead_letter_topic) - LETTER_ENVELOPE_BYTES
         consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.bootstrap_servers,
             client_id=f"{settings.client_id_prefix}-consumer",
@@ -217,7 +227,8 @@ class Worker:
         self.counters.dead_letters += 1
         metrics.DEAD_LETTERS.labels(reason).inc()
         log.warning("dead letter p%d@%d %s: %s", owned.tp.partition, record.offset, reason, scrub(detail, [], 200))
-        owned.book.add([dead_letter_record(self.settings, owned.tp, record, reason, detail, session_id)])
+        letter = dead_letter_record(self.settings, self._letter_bytes, owned.tp, record, reason, detail, session_id)
+        owned.book.add([letter])
 
     def _corrupt(self, corrupt: CorruptRecord) -> None:
         """A record aiokafka could not decode was skipped: dead-letter what is known of it."""
@@ -227,7 +238,7 @@ class Worker:
         if owned is not None and not self._router.seen(corrupt.tp.partition, corrupt.offset):
             self.counters.dead_letters += 1
             metrics.DEAD_LETTERS.labels("unparseable").inc()
-            owned.book.add([corrupt_letter(self.settings, corrupt)])
+            owned.book.add([corrupt_letter(self.settings, self._letter_bytes, corrupt)])
             owned.book.consumed(corrupt.offset)
             self._router.read(corrupt.tp.partition, corrupt.offset)
 
@@ -242,6 +253,9 @@ class Worker:
                 continue
             link = read_link(consumer, owned.tp)
             owned.state.fetch_answered(now, link.answered_ms_ago, connected=link.connected)
+            since = owned.committing_since
+            if since is not None and (now - since) * 1000 > self.settings.fetch_silence_ms:
+                owned.state.write_stalled()
             highwater = consumer.highwater(owned.tp)
             position = await consumer.position(owned.tp)
             owned.state.position_reached(position)
@@ -266,6 +280,7 @@ class Worker:
         for current in self._sessions.in_partition(owned.tp.partition):
             self._sessions.hand_over(current, current.session.take())
         plan = owned.book.plan()
+        owned.committing_since = time.monotonic()
         try:
             await owned.txn.commit(plan)
         except Fenced:
@@ -277,13 +292,20 @@ class Worker:
             for record in owned.book.failed(plan, quarantine=refused.refused):
                 self.counters.quarantined += 1
                 log.error("QUARANTINED a record Kafka refuses (%s) on %s: %s", refused, record.topic, record.key)
-                owned.book.add([quarantine_letter(self.settings, owned.tp, plan.offset, record, str(refused))])
+                letter = quarantine_letter(
+                    self.settings, self._letter_bytes, owned.tp, plan.offset, record, str(refused)
+                )
+                owned.book.add([letter])
             self.counters.transaction_failures += 1
             return False
         except BaseException:
             owned.book.failed(plan)
             self.counters.transaction_failures += 1
             return False
+        finally:
+            owned.committing_since = None
+            if owned.state.state is not PartitionState.RELEASED:
+                owned.state.write_ok(time.monotonic())
         owned.book.committed(plan)
         self.counters.transactions += not plan.empty
         metrics.observe_committed(plan)
@@ -320,12 +342,12 @@ class Worker:
                     session_id,
                     checkpoint.format,
                     first_offset=checkpoint.resume_offset,
-                    config=settings.session_config(),
+                    config=self._sessions.session_config,
                     wall_ms=wall_ms,
                     resume=Resume.from_checkpoint(checkpoint),
                 )
                 session.truncate("idle_timeout", "no input after a restart (lost `end`?)")
-                self._sessions.hand_over(OpenSession(session, owned.tp.partition, None, now, now), session.take())  # type: ignore[arg-type]
+                self._sessions.add_taken(owned.tp.partition, session, session.take())
 
     # -- rebalancing and shutdown ----------------------------------------------------------------
 

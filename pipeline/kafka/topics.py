@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import for_code
 
 from pipeline.errors import KafkaSetupError
@@ -65,3 +66,27 @@ async def ensure_topics(config: Settings) -> list[str]:
         return created
     finally:
         await admin.close()
+
+
+async def topic_limits(config: Settings) -> dict[str, int]:
+    """``max.message.bytes`` of the output topics, for the size budget (needs DescribeConfigs).
+
+    A topic whose limit cannot be read is left out; the budget then assumes the broker's default.
+    """
+    topics = [config.turns_topic, config.transcripts_topic, config.dead_letter_topic, config.sessions_topic]
+    admin = AIOKafkaAdminClient(bootstrap_servers=config.bootstrap_servers, client_id="stt-pipeline-admin")
+    limits: dict[str, int] = {}
+    try:
+        await admin.start()
+        resources = [ConfigResource(ConfigResourceType.TOPIC, t, {"max.message.bytes": None}) for t in topics]
+        for response in await admin.describe_configs(resources):
+            for resource in response.resources:
+                _, _, _, name, entries = resource[:5]
+                for entry in entries:
+                    if entry[0] == "max.message.bytes" and entry[1] is not None:
+                        limits[name] = int(entry[1])
+    except Exception as exc:
+        log.warning("cannot read max.message.bytes of %s (%r); assuming the broker default", topics, exc)
+    finally:
+        await admin.close()
+    return limits

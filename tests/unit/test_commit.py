@@ -145,6 +145,15 @@ def test_a_failed_plan_offers_its_checkpoints_again() -> None:
     assert [c for _, c in b.plan().checkpoints] == [cp("a", next_seq=1)]
 
 
+def test_a_failed_plan_returns_the_quarantined_records_and_requeues_the_rest_in_front() -> None:
+    b = book()
+    b.add([out("a", 0), out("a", 1), out("a", 2)], cp("a", next_seq=3))
+    first = b.plan()
+    b.add([out("a", 3)], cp("a", next_seq=4))
+    assert b.failed(first, quarantine={1}) == [out("a", 1)]
+    assert b.plan().records == (out("a", 0), out("a", 2), out("a", 3))
+
+
 def test_only_one_plan_in_flight() -> None:
     b = book()
     plan = b.plan()
