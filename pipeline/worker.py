@@ -149,19 +149,21 @@ class Worker:
                 if committer.done():
                     committer.result()  # surfaces an unexpected failure of the commit loop
                 outcome = await fetch(consumer, timeout_ms=100, max_records=500)
-                for corrupt in outcome.corrupt:
-                    self._corrupt(corrupt)
-                for tp, records in outcome.records.items():
+                for tp, items in outcome.in_offset_order().items():
                     owned = self._parts.get(tp.partition)
                     if owned is None:
                         # fetched before our assignment callback finished (or after revocation): read it
                         # again once the partition is set up
                         if tp in consumer.assignment():
-                            consumer.seek(tp, records[0].offset)
+                            consumer.seek(tp, items[0].offset)
+                            consumer.pause(tp)  # resumed once the partition is set up
                         continue
                     owned.state.records_fetched(time.monotonic())
-                    for record in records:
-                        self._handle(owned, record)
+                    for item in items:
+                        if isinstance(item, CorruptRecord):
+                            self._corrupt(owned, item)
+                        else:
+                            self._handle(owned, item)
                 await self._observe(consumer)
         finally:
             stop.set()  # the commit loop finishes its current transaction and returns; never cancel it
@@ -230,12 +232,11 @@ class Worker:
         letter = dead_letter_record(self.settings, self._letter_bytes, owned.tp, record, reason, detail, session_id)
         owned.book.add([letter])
 
-    def _corrupt(self, corrupt: CorruptRecord) -> None:
+    def _corrupt(self, owned: _Owned, corrupt: CorruptRecord) -> None:
         """A record aiokafka could not decode was skipped: dead-letter what is known of it."""
         self.counters.corrupt_records += 1
-        owned = self._parts.get(corrupt.tp.partition)
         log.error("skipped undecodable record p%d@%d: %s", corrupt.tp.partition, corrupt.offset, corrupt.error)
-        if owned is not None and not self._router.seen(corrupt.tp.partition, corrupt.offset):
+        if not self._router.seen(corrupt.tp.partition, corrupt.offset):
             self.counters.dead_letters += 1
             metrics.DEAD_LETTERS.labels("unparseable").inc()
             owned.book.add([corrupt_letter(self.settings, self._letter_bytes, corrupt)])
@@ -378,9 +379,12 @@ class Worker:
             settings.pause_high_bytes,
             settings.pause_low_bytes,
         )
+        starts = await self._starts([TopicPartition(settings.audio_topic, p) for p in new])
         for partition in new:
             tp = TopicPartition(settings.audio_topic, partition)
-            position = await consumer.position(tp)
+            position = starts[tp]
+            consumer.seek(tp, position)  # whatever a fetch in flight did meanwhile, start here
+            consumer.resume(tp)
             book = CommitBook.resumed(partition, settings.sessions_topic, position, loaded[partition])
             owned = _Owned(tp, Partition(partition, limits, now), book, txns[partition])
             owned.dormant = {s: now for s, c in loaded[partition].items() if c.status == "open"}
@@ -388,6 +392,15 @@ class Worker:
             self._router.assign(partition, position)
         self._joined = True
         log.info("assigned %s, kept %s, gave up %s", new, sorted(kept), sorted(lost))
+
+    async def _starts(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Where newly assigned partitions start: the committed offset, else the beginning."""
+        consumer = self._consumer
+        assert consumer is not None
+        starts = {tp: await consumer.committed(tp) for tp in tps}
+        missing = [tp for tp, offset in starts.items() if offset is None]
+        beginnings = await consumer.beginning_offsets(missing) if missing else {}
+        return {tp: offset if offset is not None else int(beginnings[tp]) for tp, offset in starts.items()}
 
     async def on_revoked(self, revoked_tps: set[TopicPartition]) -> None:
         """Eager rebalancing revokes every partition, also those that come back. So: pause, give

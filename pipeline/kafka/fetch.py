@@ -73,6 +73,15 @@ class FetchOutcome:
     records: dict[TopicPartition, list[Record]] = field(default_factory=dict)
     corrupt: list[CorruptRecord] = field(default_factory=list)
 
+    def in_offset_order(self) -> dict[TopicPartition, list[Record | CorruptRecord]]:
+        """Per partition, good and corrupt records together, in offset order (how they lie in the log)."""
+        merged: dict[TopicPartition, list[Record | CorruptRecord]] = {tp: list(rs) for tp, rs in self.records.items()}
+        for corrupt in self.corrupt:
+            merged.setdefault(corrupt.tp, []).append(corrupt)
+        for items in merged.values():
+            items.sort(key=lambda item: item.offset)
+        return {tp: items for tp, items in merged.items() if items}
+
 
 async def fetch(consumer: AIOKafkaConsumer, *, timeout_ms: int, max_records: int) -> FetchOutcome:
     """Like ``consumer.getmany(timeout_ms=..., max_records=...)``, with undecodable records skipped.

@@ -6,6 +6,7 @@ The client authenticates one consistent way: ``Authorization: Bearer <key>`` plu
 
 from __future__ import annotations
 
+import logging
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from pydantic import SecretStr
@@ -59,4 +60,21 @@ async def open_socket(
         open_timeout=open_timeout_s,
         ping_interval=ping_interval_s,
         max_size=max_message_bytes,
+        logger=_WIRE_LOG,
     )
+
+
+class _NoCredentials(logging.Filter):
+    """websockets logs every handshake header at DEBUG; the credential headers' values never get out."""
+
+    _SECRET_HEADERS = frozenset({"authorization", "x-api-key", "proxy-authorization", "cookie", "set-cookie"})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 2 and str(args[0]).lower() in self._SECRET_HEADERS:
+            record.args = (args[0], "[redacted]")
+        return True
+
+
+_WIRE_LOG = logging.getLogger("pipeline.stt.wire")
+_WIRE_LOG.addFilter(_NoCredentials())

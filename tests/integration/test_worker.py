@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.emulator.engines.tones import script_text, synthesize
 from pipeline.kafka.topics import TopicSetupError, ensure_topics
@@ -21,6 +21,7 @@ from pipeline.settings import Settings
 from pipeline.worker import Worker
 from tests.support.config import worker_config
 from tests.support.emulator import EmulatorThread, running_emulator
+from tests.support.harness import WorkerHarness, produce
 from tests.support.kafka import free_ports
 from tests.support.scripts import (
     FORMATS,
@@ -47,33 +48,6 @@ def make_config(bootstrap: str, emu: EmulatorThread, partitions: int = 1) -> Set
     )
 
 
-class WorkerHarness:
-    """Starts an in-process worker on demand, so a test can fill the input topic first (a backlog)."""
-
-    def __init__(self, config: Settings) -> None:
-        self.config = config
-        self.worker = Worker(config)
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def prepare(self) -> None:
-        await ensure_topics(self.config)
-
-    async def start(self) -> Worker:
-        self._task = asyncio.create_task(self.worker.run(self._stop))
-        for _ in range(300):  # until partitions are assigned
-            if self.worker.snapshot().partitions or self._task.done():
-                break
-            await asyncio.sleep(0.05)
-        assert not self._task.done(), self._task.exception()
-        return self.worker
-
-    async def stop(self) -> None:
-        self._stop.set()
-        if self._task is not None:
-            await asyncio.wait_for(self._task, 60)
-
-
 @pytest.fixture
 async def harness(kafka_bootstrap: str, emulator: EmulatorThread) -> AsyncIterator[WorkerHarness]:
     h = WorkerHarness(make_config(kafka_bootstrap, emulator))
@@ -85,17 +59,6 @@ async def harness(kafka_bootstrap: str, emulator: EmulatorThread) -> AsyncIterat
 @pytest.fixture
 async def running_worker(harness: WorkerHarness) -> tuple[Worker, Settings]:
     return await harness.start(), harness.config
-
-
-async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, list[tuple[str, bytes]], bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
-    await producer.start()
-    try:
-        for key, headers, value in records:
-            await producer.send(topic, value=value, key=key, headers=headers)
-        await producer.flush()
-    finally:
-        await producer.stop()
 
 
 def sessions_ended(n: int) -> Any:
