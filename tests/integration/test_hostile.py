@@ -58,7 +58,8 @@ async def started(request: pytest.FixtureRequest) -> AsyncIterator[list[WorkerHa
 def tone_session(session_id: str, text: str, rate: int = 16000) -> list[Record]:
     pcm = synthesize(text, rate, "pcm_s16le")
     chunk = rate // 10 * 2
-    records = [audio_record(session_id, i, pcm[o : o + chunk], "pcm_s16le", rate) for i, o in enumerate(range(0, len(pcm), chunk))]
+    offsets = range(0, len(pcm), chunk)
+    records = [audio_record(session_id, i, pcm[o : o + chunk], "pcm_s16le", rate) for i, o in enumerate(offsets)]
     return [*records, control_record(session_id, len(records), "end")]
 
 
@@ -92,7 +93,7 @@ async def end_offset(bootstrap: str, topic: str) -> int:
 async def wait_committed_to_end(bootstrap: str, config: Settings, limit_s: float = 30) -> None:
     end = await end_offset(bootstrap, config.audio_topic)
     async with asyncio.timeout(limit_s):
-        while await committed_offset(bootstrap, config) != end:
+        while await committed_offset(bootstrap, config) != end:  # noqa: ASYNC110  # polling the broker
             await asyncio.sleep(0.2)
 
 
