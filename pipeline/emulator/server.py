@@ -43,6 +43,7 @@ from pipeline.emulator.params import PATHS, ConnectionParams, Endpoint, ParamErr
 from pipeline.emulator.protocol import (
     CLOSE_INTERNAL,
     CLOSE_POLICY,
+    DEFAULT_SERVER_BUFFER_MS,
     DEFAULT_TAU_MS,
     AutoSession,
     Close,
@@ -66,6 +67,7 @@ class EmulatorConfig:
     idle_timeout_s: float = 20.0
     overload_budget_ms: float = 2000.0
     tau_ms: float = DEFAULT_TAU_MS
+    server_buffer_ms: float = DEFAULT_SERVER_BUFFER_MS
 
 
 @dataclass(slots=True)
@@ -246,9 +248,15 @@ class _Connection:
         self.config = emulator.config
         recognizer = emulator.engine.recognizer(params.sample_rate)
         self.core: Session = (
-            AutoSession(params, recognizer, request_id, tau_ms=emulator.config.tau_ms)
+            AutoSession(
+                params,
+                recognizer,
+                request_id,
+                tau_ms=emulator.config.tau_ms,
+                buffer_ms=emulator.config.server_buffer_ms,
+            )
             if params.endpoint == "auto"
-            else ManualSession(params, recognizer, request_id)
+            else ManualSession(params, recognizer, request_id, buffer_ms=emulator.config.server_buffer_ms)
         )
         self.heavy = bool(getattr(emulator.engine, "cpu_heavy", False))
         self.guard = RateGuard(emulator.config.overload_budget_ms)
@@ -283,11 +291,17 @@ class _Connection:
         except ConnectionClosed:
             pass
         finally:
+            # Keep reading (and discarding) while the last events and the close frame go out: a
+            # server that stops reading stalls the closing handshake until its timeout.
+            discard = asyncio.create_task(self._discard_reads())
             if not sender.done():
                 if not self.core.closed or self.stats.fault == "drop":
                     sender.cancel()
                 with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
                     await sender
+            discard.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                await discard
             self.stats.closed_at = time.time()
             if self.stats.close_code is None:
                 self.stats.close_code = self.ws.close_code
@@ -342,6 +356,10 @@ class _Connection:
                 )
                 return
 
+    async def _discard_reads(self) -> None:
+        while True:
+            await self.ws.recv()
+
     async def _send_loop(self) -> None:
         while True:
             due, item = await self.outbox.get()
@@ -349,6 +367,8 @@ class _Connection:
             if delay > 0:
                 await asyncio.sleep(delay)
             if isinstance(item, Close):
+                if self.stats.close_code is None:
+                    self.stats.close_code = item.code
                 await self.ws.close(item.code, item.reason)
                 return
             await self.ws.send(orjson.dumps(item).decode())

@@ -152,6 +152,25 @@ def test_auto_close_flushes_tail_and_ends_open_turn() -> None:
     assert session.closed and session.audio(b"\0\0") == []
 
 
+def test_auto_server_buffer_delays_recognition_and_close_releases_it() -> None:
+    events = words((200, 400, "Hello"))
+    session = AutoSession(params(), ScriptRecognizer(events), "r", buffer_ms=1000)
+    assert feed_ms(session, 1100) == []  # only 100 ms processed: the word is still buffered
+    assert session.audio_ms == 1100 and session.processed_ms == 100
+    assert kinds(feed_ms(session, 1100)) == ["turn.start", "turn.update", "turn.eager_end"]
+    out = session.text('{"type":"close"}')
+    assert kinds(out) == ["turn.end", "close:1000"] and texts(out, "turn.end") == ["Hello"]
+
+
+def test_manual_server_buffer_held_until_finalize() -> None:
+    session = ManualSession(params("manual"), ScriptRecognizer(words((200, 400, "Hi"))), "r", buffer_ms=1000)
+    assert feed_ms(session, 1000) == []
+    out = session.text("finalize")
+    assert kinds(out) == ["transcript", "transcript", "flush_done"]
+    assert texts(out, "transcript") == ["Hi", "Hi"]
+    assert session.processed_ms == 1000
+
+
 def test_auto_close_when_idle_just_closes() -> None:
     session = AutoSession(params(), ScriptRecognizer([]), "r")
     assert session.text('{"type":"close"}') == [Close(1000)]
