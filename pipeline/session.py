@@ -24,7 +24,8 @@ connection (:attr:`Session.needs_reconnect`) restarts it there in-process (:meth
 Either way the open turn is transcribed again on a fresh connection and numbering continues, so no
 final turn is lost or published twice. After an auto-endpoint turn ends, the resume point is the
 record holding the audio ``replay_margin_ms`` before what had been sent when `turn.end` arrived
-(that audio lies inside the silence that ended the turn); after a manual turn ends at a `flush_done`,
+(that audio lies inside the silence that ended the turn; the margin covers the provider's own buffer
+of not-yet-processed audio, see :data:`DEFAULT_REPLAY_MARGIN_MS`); after a manual turn ends at a `flush_done`,
 it is the record right after its `finalize`.
 
 Connection seams. A fresh connection's first text has no leading space (the provider starts a new
@@ -56,6 +57,12 @@ Topic = Literal["turns", "transcripts"]
 
 
 MAX_REQUEST_ID_CHARS = 256
+# Audio before `turn.end` kept for replay. It must exceed the audio the provider buffers before it
+# recognizes it (Cartesia: "about the last second"; the emulator's default 1000 ms) plus the events'
+# trip back, or a replay would start after audio the provider never processed, and stay below that
+# buffer plus the silence the provider needs to end a turn (≈0.5-0.8 s), or it would replay the
+# ended turn's last words.
+DEFAULT_REPLAY_MARGIN_MS = 1500.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +71,7 @@ class SessionConfig:
     max_lead_ms: float = 300.0
     silence_budget_ms: float = 400.0
     drain_deadline_s: float = 30.0
-    replay_margin_ms: float = 400.0
+    replay_margin_ms: float = DEFAULT_REPLAY_MARGIN_MS
     max_reconnects: int = 5
     # Largest serialized transcript text one record may carry (a turn's text, or the session's); the
     # rest of the record budget is left for the envelope. Provider text beyond it fails the session.
