@@ -38,7 +38,7 @@ from numpy.typing import NDArray
 
 from pipeline.audio import bytes_per_sample, decode
 from pipeline.emulator.engines.base import EngineEvent, Recognizer, SpeechEnd, SpeechStart, Text
-from pipeline.emulator.params import ConnectionParams, ParamError, TurnSettings, turn_settings_update
+from pipeline.emulator.params import DOC_URL, ConnectionParams, ParamError, TurnSettings, turn_settings_update
 
 DEFAULT_TAU_MS = 500.0
 DEFAULT_MANUAL_AUTO_FINALIZE_S = 1.5
@@ -67,6 +67,7 @@ def error_event(
     event: dict[str, Any] = {"type": "error", "status_code": status_code, "title": title, "message": message}
     if error_code is not None:
         event["error_code"] = error_code
+    event["doc_url"] = DOC_URL
     if request_id is not None:
         event["request_id"] = request_id
     return event
@@ -290,7 +291,9 @@ class ManualSession(_Core):
         self._pending = ""
         self._shown = ""
         self._final_from_ms = 0.0
-        seconds = params.max_silence_duration_secs or DEFAULT_MANUAL_AUTO_FINALIZE_S
+        seconds = params.max_silence_duration_secs
+        if seconds is None:
+            seconds = DEFAULT_MANUAL_AUTO_FINALIZE_S
         self.auto_finalize_ms = seconds * 1000.0
 
     def text(self, message: str) -> list[Outgoing]:

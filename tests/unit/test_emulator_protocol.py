@@ -265,7 +265,8 @@ def test_manual_old_done_command_closes_and_garbage_is_an_error() -> None:
         ("auto", {"turn_eager_end_threshold": "0.3", "turn_end_threshold": "0.3"}, "invalid_turn_config"),
         ("auto", {"turn_end_timeout_ms": "100"}, "invalid_parameter"),
         ("manual", {"language": "english"}, "invalid_language"),
-        ("manual", {"min_volume": "2"}, "invalid_parameter"),
+        ("manual", {"model": "ink-whisper", "min_volume": "2"}, "invalid_parameter"),
+        ("manual", {"model": "ink-whisper", "max_silence_duration_secs": "x"}, "invalid_parameter"),
     ],
 )
 def test_invalid_params_are_rejected_with_400(endpoint: str, change: dict[str, Any], code: str) -> None:
@@ -341,5 +342,19 @@ def test_error_events_are_cartesia_shaped() -> None:
     session = AutoSession(params(), ScriptRecognizer([]), "rid")
     event = session.text("nonsense")[0]
     assert isinstance(event, dict)
-    assert set(event) == {"type", "status_code", "title", "message", "error_code", "request_id"}
+    assert set(event) == {"type", "status_code", "title", "message", "error_code", "doc_url", "request_id"}
+    assert event["doc_url"].startswith("https://docs.cartesia.ai/")
     orjson.dumps(event)
+    assert not session.closed  # a bad command is answered, the socket stays open (see the server's docstring)
+
+
+def test_sdk_model_ids_dated_snapshots_and_ignored_params() -> None:
+    base = {"encoding": ["pcm_s16le"], "sample_rate": ["16000"], "cartesia_version": ["v"]}
+    assert parse_params("manual", {**base, "model": ["ink-whisper-2025-06-04"]}, {}).model == "ink-whisper-2025-06-04"
+    auto = parse_params("auto", {**base, "model": ["ink-2"], "language": ["fr"], "made_up": ["1"]}, {})
+    assert auto.language == "en"  # the auto endpoint has no `language`: ignored like any unknown parameter
+    # No invented range on max_silence_duration_secs; silence settings apply to ink-whisper models only.
+    whisper = {**base, "model": ["ink-whisper"], "max_silence_duration_secs": ["90"], "min_volume": ["0.5"]}
+    assert parse_params("manual", whisper, {}).max_silence_duration_secs == 90.0
+    ink2 = parse_params("manual", {**whisper, "model": ["ink-2"]}, {})
+    assert ink2.max_silence_duration_secs is None and ink2.min_volume is None
