@@ -14,6 +14,18 @@ Choices where Cartesia's docs are silent (tested in ``tests/integration/test_emu
 - No frame at all for ``idle_timeout_s`` (default 20): ``error`` 408 ``idle_timeout``, then close 1008.
 - Clean ends close with 1000.
 
+- A 4xx ``error`` event answering a bad command on an open socket (``invalid_message``, a bad
+  ``config``) does not close it: the command is ignored and the session goes on. Fatal errors
+  (idle timeout, overrun, injected faults) send the ``error`` event and close at once, while still
+  reading (and discarding) what the client sends, so the closing handshake never stalls; the stats'
+  ``close_code`` is the code sent to the client.
+- Error events carry ``doc_url``.
+
+Batch transcription: ``POST /stt`` (see :mod:`pipeline.emulator.batch`) on the same port, with the
+same authentication and error bodies. `websockets` only parses GET requests, so the connection class
+takes a POST's head and body off the wire itself and hands the handshake machinery an equivalent
+GET; :meth:`Emulator._process_request` then answers it with the transcript.
+
 HTTP extras: ``GET /_emulator/health`` and ``GET /_emulator/stats`` (per-session metrics as JSON).
 """
 
@@ -37,6 +49,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from pipeline.audio import duration_ms
+from pipeline.emulator.batch import BATCH_PATH, parse_batch, transcribe
 from pipeline.emulator.engines.base import Engine
 from pipeline.emulator.faults import ConnectionFaults, FaultPlan
 from pipeline.emulator.params import PATHS, ConnectionParams, Endpoint, ParamError, parse_params
@@ -91,6 +104,49 @@ class SessionStats:
     fault: str | None = None
 
 
+MAX_BATCH_BYTES = 2**27
+
+
+class _HttpConnection(ServerConnection):
+    """A server connection that also takes plain HTTP POSTs (batch transcription).
+
+    A POST's head and body are read here; the handshake machinery is then fed the same head as a
+    GET without a body, and :attr:`post_body` holds what was posted.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.post_body: bytes | None = None
+        self._pending: bytearray | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._pending is None and self.request is None and data.startswith(b"POST "):
+            self._pending = bytearray()
+        if self._pending is None:
+            super().data_received(data)
+            return
+        self._pending += data
+        head_end = self._pending.find(b"\r\n\r\n")
+        if head_end < 0:
+            return
+        head = bytes(self._pending[:head_end]).decode("latin-1").split("\r\n")
+        length = 0
+        kept = []
+        for line in head[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value.strip() or 0)
+            elif name.strip().lower() not in ("transfer-encoding", "expect"):
+                kept.append(line)
+        length = min(length, MAX_BATCH_BYTES)
+        if len(self._pending) < head_end + 4 + length:
+            return
+        self.post_body = bytes(self._pending[head_end + 4 : head_end + 4 + length])
+        self._pending = None
+        _, path, protocol = head[0].split(" ", 2)
+        super().data_received(("\r\n".join([f"GET {path} {protocol}", *kept]) + "\r\n\r\n").encode("latin-1"))
+
+
 def _json_response(status: HTTPStatus, body: dict[str, Any]) -> Response:
     data = orjson.dumps(body)
     headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
@@ -131,6 +187,7 @@ class Emulator:
             self.config.host,
             self.config.port,
             process_request=self._process_request,
+            create_connection=_HttpConnection,
             max_size=2**22,
             ping_interval=None,
         )
@@ -158,8 +215,11 @@ class Emulator:
 
     # -- HTTP -------------------------------------------------------------------------------------
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
+        post_body = connection.post_body if isinstance(connection, _HttpConnection) else None
+        if post_body is not None:
+            return await self._batch(request, url.path, parse_qs(url.query), post_body)
         if url.path == "/_emulator/health":
             return _json_response(HTTPStatus.OK, {"status": "ok", "engine": self.engine.name})
         if url.path == "/_emulator/stats":
@@ -187,6 +247,26 @@ class Emulator:
         asyncio.get_running_loop().create_task(self._release_when_closed(connection))
         return None
 
+    async def _batch(self, request: Request, path: str, query: dict[str, list[str]], body: bytes) -> Response:
+        if path != BATCH_PATH:
+            return _json_response(
+                HTTPStatus.NOT_FOUND, error_event(404, "Not found", f"No endpoint at POST {path}.", "not_found", None)
+            )
+        refusal = self._authenticate(request, query)
+        if refusal is not None:
+            return refusal
+        request_id = str(uuid.uuid4())
+        try:
+            batch = parse_batch(query, request.headers.get("Content-Type", ""), body)
+        except ParamError as exc:
+            return _json_response(HTTPStatus(exc.status_code), error_from(exc, request_id))
+        heavy = bool(getattr(self.engine, "cpu_heavy", False))
+        if heavy:
+            result = await asyncio.to_thread(transcribe, self.engine, batch, request_id)
+        else:
+            result = transcribe(self.engine, batch, request_id)
+        return _json_response(HTTPStatus.OK, result)
+
     async def _release_when_closed(self, connection: ServerConnection) -> None:
         with contextlib.suppress(Exception):
             await connection.wait_closed()
@@ -204,9 +284,7 @@ class Emulator:
         if key in self.config.api_keys:
             return None
         message = "Missing API key." if key is None else "Invalid API key."
-        return _json_response(
-            HTTPStatus.UNAUTHORIZED, error_event(401, "Unauthorized", message, "unauthorized", None)
-        )
+        return _json_response(HTTPStatus.UNAUTHORIZED, error_event(401, "Unauthorized", message, "unauthorized", None))
 
     # -- WebSocket --------------------------------------------------------------------------------
 
