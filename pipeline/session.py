@@ -31,8 +31,11 @@ it is the record right after its `finalize`.
 Connection seams. A fresh connection's first text has no leading space (the provider starts a new
 transcript). When a session continues on a new connection and neither side of the join has
 whitespace, the first turn of the new connection gets the single space the provider would have
-sent had the connection continued. This is the one place text is touched; it keeps a recovered
-session's transcript identical to an undisturbed one.
+sent had the connection continued, unless this session's provider was seen to start later turns
+without a separator (then it adds none: it never invents a separator the provider doesn't use).
+This is the one place text is touched; it keeps a recovered session's transcript identical to an
+undisturbed one. (After a crash restart nothing has been seen yet, and the documented Cartesia
+behaviour, a leading space, is assumed.)
 """
 
 from __future__ import annotations
@@ -176,6 +179,8 @@ class Session:
         self._held: deque[_Held] = deque()
         self._next_offset = first_offset
         self._outputs: list[Output] = []
+        # Whether the provider starts a connection's later turns with a separator: None until seen.
+        self._provider_separates: bool | None = None
         self._finalizes_sent: deque[int] = deque()  # offsets of finalize records sent, awaiting flush_done
         if resume is None:
             self._next_in = 0
@@ -211,6 +216,7 @@ class Session:
             AutoNormalizer(first_turn=next_turn) if fmt.endpoint == "auto" else ManualNormalizer(first_turn=next_turn)
         )
         self._seam_turn = next_turn if self._text_so_far() else None
+        self._connection_first_turn = next_turn
         self._finalize_marks: deque[tuple[int, int]] = deque()  # (audio position, record offset)
         self._finalizes_sent.clear()
         self._close_sent = False
@@ -496,7 +502,7 @@ class Session:
         if event.turn != self._seam_turn or not text or text[0].isspace():
             return event
         before = self._text_so_far()
-        if not before or before[-1].isspace():
+        if not before or before[-1].isspace() or self._provider_separates is False:
             return event
         return TurnEvent(event.type, event.turn, " " + text, event.request_id, event.error)
 
@@ -505,6 +511,8 @@ class Session:
         if event.type == "session.error":
             self._emit_turn("session.error", error=event.error, request_id=request_id)
             return
+        if event.type == "turn.end" and event.turn != self._connection_first_turn and event.transcript:
+            self._provider_separates = event.transcript[0].isspace()
         event = self._seamed(event)
         if event.transcript is not None and self._oversized(event):
             return

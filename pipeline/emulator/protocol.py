@@ -19,6 +19,14 @@ last words of a stream are recognized only when more audio pushes them out, or o
 ``finalize`` or ``close`` (manual). A client that disconnects or stops sending without ``close``
 loses that tail, as documented. The pure core's own default is no buffering.
 
+Server variants. Where Cartesia's docs are silent (the UNCONFIRMED points), each plausible
+alternative server is a :class:`Variant` a connection can be given, so clients are tested against all
+of them: ``flush_done_first`` (manual: `flush_done` before that finalize's final transcript),
+``repeat_updates`` (every `turn.update` sent twice), ``update_while_eager`` (a `turn.update` after
+`turn.eager_end`, before the turn resolves), ``no_turn_start`` (turns end without a `turn.start`),
+``no_leading_space`` (later turns' text has no leading separator: the concatenation has none either).
+The server edge adds ``in_stream_429`` (the concurrency limit as an `error` event, then a close).
+
 Manual endpoint. Text since the last final is pending; an interim `transcript` (``is_final: false``)
 is sent at each word boundary; ``finalize`` makes it final (even mid-word: "Insert" now, "ing" later)
 and is acknowledged with `flush_done` *after* that final; silence longer than
@@ -30,7 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import orjson
@@ -47,6 +55,17 @@ DEFAULT_SERVER_BUFFER_MS = 1000.0
 CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008  # the client broke the protocol (4xx-class error)
 CLOSE_INTERNAL = 1011  # the server failed (5xx-class error)
+
+
+Variant = Literal[
+    "flush_done_first",
+    "repeat_updates",
+    "update_while_eager",
+    "no_turn_start",
+    "no_leading_space",
+    "in_stream_429",
+]
+VARIANTS: tuple[Variant, ...] = get_args(Variant)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,12 +106,19 @@ class _Core:
     clock, engine dispatch."""
 
     def __init__(
-        self, params: ConnectionParams, recognizer: Recognizer, request_id: str, *, buffer_ms: float = 0.0
+        self,
+        params: ConnectionParams,
+        recognizer: Recognizer,
+        request_id: str,
+        *,
+        buffer_ms: float = 0.0,
+        variants: frozenset[Variant] = frozenset(),
     ) -> None:
         if buffer_ms < 0:
             raise ValueError(f"buffer_ms must be >= 0, got {buffer_ms}")
         self.params = params
         self.request_id = request_id
+        self.variants = variants
         self._recognizer = recognizer
         self._sample_bytes = bytes_per_sample(params.encoding)
         self._carry = b""
@@ -189,8 +215,9 @@ class AutoSession(_Core):
         *,
         tau_ms: float = DEFAULT_TAU_MS,
         buffer_ms: float = 0.0,
+        variants: frozenset[Variant] = frozenset(),
     ) -> None:
-        super().__init__(params, recognizer, request_id, buffer_ms=buffer_ms)
+        super().__init__(params, recognizer, request_id, buffer_ms=buffer_ms, variants=variants)
         self._tau_ms = tau_ms
         self._state = "idle"  # idle | speaking | eager
         self._turn_text = ""
@@ -251,18 +278,24 @@ class AutoSession(_Core):
         if self._state == "idle":
             self._state = "speaking"
             self._turn_text = self._shown = ""
-            out.append(self._json({"type": "turn.start"}))
+            if "no_turn_start" not in self.variants:
+                out.append(self._json({"type": "turn.start"}))
         elif self._state == "eager":
             self._state = "speaking"
             out.append(self._json({"type": "turn.resume"}))
 
     def _text(self, text: str) -> None:
+        if not self._turn_text and "no_leading_space" in self.variants:
+            text = text.lstrip()
         self._turn_text += text
 
     def _settle(self, out: list[Outgoing]) -> None:
         if self._state != "idle" and not self._in_speech and self._turn_text != self._shown:
             self._shown = self._turn_text
-            out.append(self._json({"type": "turn.update", "transcript": self._turn_text}))
+            update = self._json({"type": "turn.update", "transcript": self._turn_text})
+            out.append(update)
+            if "repeat_updates" in self.variants:
+                out.append(dict(update))
 
     def _advance(self, now_ms: float, out: list[Outgoing]) -> None:
         if self._in_speech or self._state == "idle":
@@ -271,6 +304,8 @@ class AutoSession(_Core):
         if self._state == "speaking" and self._turn_text and silence >= self.eager_silence_ms:
             self._state = "eager"
             out.append(self._json({"type": "turn.eager_end", "transcript": self._turn_text}))
+            if "update_while_eager" in self.variants:
+                out.append(self._json({"type": "turn.update", "transcript": self._turn_text}))
         if silence >= self.end_silence_ms:
             self._end_turn(out)
 
@@ -285,9 +320,15 @@ class ManualSession(_Core):
     """`/stt/websocket`: client-driven finalization; `is_final` deltas."""
 
     def __init__(
-        self, params: ConnectionParams, recognizer: Recognizer, request_id: str, *, buffer_ms: float = 0.0
+        self,
+        params: ConnectionParams,
+        recognizer: Recognizer,
+        request_id: str,
+        *,
+        buffer_ms: float = 0.0,
+        variants: frozenset[Variant] = frozenset(),
     ) -> None:
-        super().__init__(params, recognizer, request_id, buffer_ms=buffer_ms)
+        super().__init__(params, recognizer, request_id, buffer_ms=buffer_ms, variants=variants)
         self._pending = ""
         self._shown = ""
         self._final_from_ms = 0.0
@@ -304,8 +345,12 @@ class ManualSession(_Core):
         if command == "finalize":
             out: list[Outgoing] = []
             self._drain(out)
-            self._finalize(out)
-            out.append(self._json({"type": "flush_done"}))
+            if "flush_done_first" in self.variants:
+                out.append(self._json({"type": "flush_done"}))
+                self._finalize(out)
+            else:
+                self._finalize(out)
+                out.append(self._json({"type": "flush_done"}))
             return out
         if command in ("close", "done"):
             return self.finish()

@@ -13,6 +13,9 @@ Choices where Cartesia's docs are silent (tested in ``tests/integration/test_emu
   ``error`` 500 ``audio_overrun``, then close 1011.
 - No frame at all for ``idle_timeout_s`` (default 20): ``error`` 408 ``idle_timeout``, then close 1008.
 - Clean ends close with 1000.
+- Server variants (:data:`pipeline.emulator.protocol.VARIANTS`, ``EmulatorConfig.variants``,
+  ``--variant``): the plausible alternatives where the docs are silent. ``in_stream_429`` accepts the
+  upgrade over the limit, then sends ``error`` 429 ``concurrency_limited`` and closes 1008.
 
 - A 4xx ``error`` event answering a bad command on an open socket (``invalid_message``, a bad
   ``config``) does not close it: the command is ignored and the session goes on. Fatal errors
@@ -64,6 +67,7 @@ from pipeline.emulator.protocol import (
     Outgoing,
     RateGuard,
     Session,
+    Variant,
     error_event,
     error_from,
 )
@@ -81,6 +85,7 @@ class EmulatorConfig:
     overload_budget_ms: float = 2000.0
     tau_ms: float = DEFAULT_TAU_MS
     server_buffer_ms: float = DEFAULT_SERVER_BUFFER_MS
+    variants: frozenset[Variant] = frozenset()
 
 
 @dataclass(slots=True)
@@ -117,6 +122,7 @@ class _HttpConnection(ServerConnection):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.post_body: bytes | None = None
+        self.over_limit = False  # accepted only to be refused with an `error` event (variant in_stream_429)
         self._pending: bytearray | None = None
 
     def data_received(self, data: bytes) -> None:
@@ -233,6 +239,9 @@ class Emulator:
         if refusal is not None:
             return refusal
         if self.config.max_sessions is not None and self._reserved >= self.config.max_sessions:
+            if "in_stream_429" in self.config.variants and isinstance(connection, _HttpConnection):
+                connection.over_limit = True
+                return None
             return _json_response(
                 HTTPStatus.TOO_MANY_REQUESTS,
                 error_event(
@@ -301,6 +310,18 @@ class Emulator:
             await ws.send(orjson.dumps(error_from(exc, request_id)).decode())
             await ws.close(CLOSE_POLICY, exc.error_code)
             return
+        if isinstance(ws, _HttpConnection) and ws.over_limit:
+            limit = self.config.max_sessions
+            event = error_event(
+                429,
+                "Concurrency limit reached",
+                f"At most {limit} concurrent STT streams are allowed.",
+                "concurrency_limited",
+                request_id,
+            )
+            await ws.send(orjson.dumps(event).decode())
+            await ws.close(CLOSE_POLICY, "concurrency_limited")
+            return
         faults = self.faults.assign(endpoint)
         stats = SessionStats(request_id, endpoint, params.encoding, params.sample_rate, time.time())
         self.sessions.append(stats)
@@ -332,9 +353,16 @@ class _Connection:
                 request_id,
                 tau_ms=emulator.config.tau_ms,
                 buffer_ms=emulator.config.server_buffer_ms,
+                variants=emulator.config.variants,
             )
             if params.endpoint == "auto"
-            else ManualSession(params, recognizer, request_id, buffer_ms=emulator.config.server_buffer_ms)
+            else ManualSession(
+                params,
+                recognizer,
+                request_id,
+                buffer_ms=emulator.config.server_buffer_ms,
+                variants=emulator.config.variants,
+            )
         )
         self.heavy = bool(getattr(emulator.engine, "cpu_heavy", False))
         self.guard = RateGuard(emulator.config.overload_budget_ms)
