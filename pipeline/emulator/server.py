@@ -168,6 +168,7 @@ class Emulator:
         self.faults = FaultPlan()
         self.sessions: list[SessionStats] = []
         self._reserved = 0
+        self.concurrency_refusals = 0
         self._server: Server | None = None
         self._ordinal = itertools.count(1)
 
@@ -216,6 +217,7 @@ class Emulator:
             "engine": self.engine.name,
             "active": self._reserved,
             "overloads": sum(s.overloaded for s in self.sessions),
+            "concurrency_refusals": self.concurrency_refusals,
             "sessions": [asdict(s) for s in self.sessions],
         }
 
@@ -239,6 +241,7 @@ class Emulator:
         if refusal is not None:
             return refusal
         if self.config.max_sessions is not None and self._reserved >= self.config.max_sessions:
+            self.concurrency_refusals += 1
             if "in_stream_429" in self.config.variants and isinstance(connection, _HttpConnection):
                 connection.over_limit = True
                 return None

@@ -276,6 +276,18 @@ async def test_concurrency_limit_refuses_with_429_and_frees_slots() -> None:
             assert json.loads(await ws.recv())["type"] == "connected"
 
 
+async def test_in_stream_429_variant_is_an_error_event_then_close() -> None:
+    with running_emulator(max_sessions=1, variants=frozenset({"in_stream_429"})) as emu:
+        async with connect(url(emu), additional_headers=VERSION) as first:
+            async with connect(url(emu), additional_headers=VERSION) as second:
+                events = await read_all(second)
+            assert [e["type"] for e in events] == ["error"]
+            assert events[0]["status_code"] == 429 and events[0]["error_code"] == "concurrency_limited"
+            assert second.close_code == 1008
+            await first.send('{"type":"close"}')
+            await read_all(first)
+
+
 async def test_faster_than_realtime_beyond_budget_is_a_5xx_error() -> None:
     with running_emulator() as emu:  # default 2 s budget
         async with connect(url(emu), additional_headers=VERSION) as ws:

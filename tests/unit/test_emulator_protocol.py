@@ -358,3 +358,27 @@ def test_sdk_model_ids_dated_snapshots_and_ignored_params() -> None:
     assert parse_params("manual", whisper, {}).max_silence_duration_secs == 90.0
     ink2 = parse_params("manual", {**whisper, "model": ["ink-2"]}, {})
     assert ink2.max_silence_duration_secs is None and ink2.min_volume is None
+
+
+# -- server variants ---------------------------------------------------------------------------
+
+
+def test_variants_change_only_what_the_docs_leave_open() -> None:
+    events = words((200, 400, "Hello"), (480, 700, " there.")) + words((2000, 2300, " How"))
+    plain = kinds(feed_ms(AutoSession(params(), ScriptRecognizer(events), "r"), 3500))
+
+    def run(variant: str) -> list[Outgoing]:
+        session = AutoSession(params(), ScriptRecognizer(events), "r", variants=frozenset({variant}))  # type: ignore[arg-type]
+        return feed_ms(session, 3500)
+
+    assert kinds(run("no_turn_start")) == [k for k in plain if k != "turn.start"]
+    repeated = kinds(run("repeat_updates"))
+    assert repeated.count("turn.update") == 2 * plain.count("turn.update")
+    eager = kinds(run("update_while_eager"))
+    assert eager[eager.index("turn.eager_end") + 1] == "turn.update"
+    assert texts(run("no_leading_space"), "turn.end") == ["Hello there.", "How"]
+    manual = ManualSession(
+        params("manual"), ScriptRecognizer(words((100, 300, "One"))), "r", variants=frozenset({"flush_done_first"})
+    )
+    feed_ms(manual, 400)
+    assert kinds(manual.text("finalize")) == ["flush_done", "transcript"]
