@@ -24,14 +24,18 @@ connection (:attr:`Session.needs_reconnect`) restarts it there in-process (:meth
 Either way the open turn is transcribed again on a fresh connection and numbering continues, so no
 final turn is lost or published twice. After an auto-endpoint turn ends, the resume point is the
 record holding the audio ``replay_margin_ms`` before what had been sent when `turn.end` arrived
-(that audio lies inside the silence that ended the turn); after a manual turn ends at a `flush_done`,
+(that audio lies inside the silence that ended the turn; the margin covers the provider's own buffer
+of not-yet-processed audio, see :data:`DEFAULT_REPLAY_MARGIN_MS`); after a manual turn ends at a `flush_done`,
 it is the record right after its `finalize`.
 
 Connection seams. A fresh connection's first text has no leading space (the provider starts a new
 transcript). When a session continues on a new connection and neither side of the join has
 whitespace, the first turn of the new connection gets the single space the provider would have
-sent had the connection continued. This is the one place text is touched; it keeps a recovered
-session's transcript identical to an undisturbed one.
+sent had the connection continued, unless this session's provider was seen to start later turns
+without a separator (then it adds none: it never invents a separator the provider doesn't use).
+This is the one place text is touched; it keeps a recovered session's transcript identical to an
+undisturbed one. (After a crash restart nothing has been seen yet, and the documented Cartesia
+behaviour, a leading space, is assumed.)
 """
 
 from __future__ import annotations
@@ -56,6 +60,12 @@ Topic = Literal["turns", "transcripts"]
 
 
 MAX_REQUEST_ID_CHARS = 256
+# Audio before `turn.end` kept for replay. It must exceed the audio the provider buffers before it
+# recognizes it (Cartesia: "about the last second"; the emulator's default 1000 ms) plus the events'
+# trip back, or a replay would start after audio the provider never processed, and stay below that
+# buffer plus the silence the provider needs to end a turn (≈0.5-0.8 s), or it would replay the
+# ended turn's last words.
+DEFAULT_REPLAY_MARGIN_MS = 1500.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +74,7 @@ class SessionConfig:
     max_lead_ms: float = 300.0
     silence_budget_ms: float = 400.0
     drain_deadline_s: float = 30.0
-    replay_margin_ms: float = 400.0
+    replay_margin_ms: float = DEFAULT_REPLAY_MARGIN_MS
     max_reconnects: int = 5
     # Largest serialized transcript text one record may carry (a turn's text, or the session's); the
     # rest of the record budget is left for the envelope. Provider text beyond it fails the session.
@@ -169,6 +179,8 @@ class Session:
         self._held: deque[_Held] = deque()
         self._next_offset = first_offset
         self._outputs: list[Output] = []
+        # Whether the provider starts a connection's later turns with a separator: None until seen.
+        self._provider_separates: bool | None = None
         self._finalizes_sent: deque[int] = deque()  # offsets of finalize records sent, awaiting flush_done
         if resume is None:
             self._next_in = 0
@@ -204,6 +216,7 @@ class Session:
             AutoNormalizer(first_turn=next_turn) if fmt.endpoint == "auto" else ManualNormalizer(first_turn=next_turn)
         )
         self._seam_turn = next_turn if self._text_so_far() else None
+        self._connection_first_turn = next_turn
         self._finalize_marks: deque[tuple[int, int]] = deque()  # (audio position, record offset)
         self._finalizes_sent.clear()
         self._close_sent = False
@@ -489,7 +502,7 @@ class Session:
         if event.turn != self._seam_turn or not text or text[0].isspace():
             return event
         before = self._text_so_far()
-        if not before or before[-1].isspace():
+        if not before or before[-1].isspace() or self._provider_separates is False:
             return event
         return TurnEvent(event.type, event.turn, " " + text, event.request_id, event.error)
 
@@ -498,6 +511,8 @@ class Session:
         if event.type == "session.error":
             self._emit_turn("session.error", error=event.error, request_id=request_id)
             return
+        if event.type == "turn.end" and event.turn != self._connection_first_turn and event.transcript:
+            self._provider_separates = event.transcript[0].isspace()
         event = self._seamed(event)
         if event.transcript is not None and self._oversized(event):
             return

@@ -27,6 +27,8 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, EnvSettingsSource, InitSettingsSource, SettingsConfigDict
 from pydantic_settings.sources.utils import parse_env_vars
 
+from pipeline.session import DEFAULT_REPLAY_MARGIN_MS
+
 if TYPE_CHECKING:
     from pipeline.session import SessionConfig
 
@@ -112,7 +114,12 @@ class Settings(BaseSettings):
     revoke_grace_s: float = _setting(
         5.0, "STT_REVOKE_GRACE_S", "on revoke/SIGTERM: time given to in-flight drains", ge=0
     )
-    replay_margin_ms: float = _setting(400.0, "STT_REPLAY_MARGIN_MS", "audio before turn.end kept for replay", ge=0)
+    replay_margin_ms: float = _setting(
+        DEFAULT_REPLAY_MARGIN_MS,
+        "STT_REPLAY_MARGIN_MS",
+        "audio before turn.end kept for replay (above the provider's ~1 s buffer)",
+        ge=0,
+    )
     max_reconnects: int = _setting(8, "STT_MAX_RECONNECTS", "STT reconnect attempts before a session fails", ge=0)
     max_sessions: int = _setting(
         500, "STT_MAX_SESSIONS", "open STT sockets per worker (more: the partition waits)", ge=1

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from pipeline.emulator.engines.base import Engine
 from pipeline.emulator.faults import Fault, RandomDrops
+from pipeline.emulator.protocol import DEFAULT_SERVER_BUFFER_MS, VARIANTS
 from pipeline.emulator.server import Emulator, EmulatorConfig
 from pipeline.settings import Settings, SettingsError
 
@@ -33,6 +34,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-sessions", type=int, default=None, help="concurrent sockets before 429")
     parser.add_argument("--idle-timeout", type=float, default=20.0, help="seconds without a frame before close")
     parser.add_argument("--overload-budget-ms", type=float, default=2000.0, help="allowed lead over realtime")
+    parser.add_argument(
+        "--server-buffer-ms",
+        type=float,
+        default=DEFAULT_SERVER_BUFFER_MS,
+        help="newest audio held back until more arrives, or close/finalize (0 = off)",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        choices=VARIANTS,
+        default=[],
+        help="behave like a plausible alternative server where the docs are silent (repeatable)",
+    )
     faults = parser.add_argument_group("fault injection")
     faults.add_argument("--fault-drop-at-ms", type=float, help="abort connections at this audio time")
     faults.add_argument("--fault-error-at-ms", type=float, help="send an error event at this audio time")
@@ -71,6 +85,8 @@ def build(args: argparse.Namespace, settings: Settings | None = None) -> Emulato
         max_sessions=args.max_sessions,
         idle_timeout_s=args.idle_timeout,
         overload_budget_ms=args.overload_budget_ms,
+        server_buffer_ms=args.server_buffer_ms,
+        variants=frozenset(args.variant),
     )
     emulator = Emulator(make_engine(args.engine), config)
     n = args.fault_connections

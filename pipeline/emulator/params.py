@@ -20,7 +20,14 @@ AUTO_PATH = "/stt/turns/websocket"
 MANUAL_PATH = "/stt/websocket"
 PATHS: dict[str, Endpoint] = {AUTO_PATH: "auto", MANUAL_PATH: "manual"}
 
-MODELS: dict[Endpoint, tuple[str, ...]] = {"auto": ("ink-2",), "manual": ("ink-2", "ink-whisper")}
+# The model ids the official SDK (4.2) lists per endpoint, dated snapshots included.
+MODELS: dict[Endpoint, tuple[str, ...]] = {
+    "auto": ("ink-2",),
+    "manual": ("ink-2", "ink-whisper", "ink-whisper-2025-06-04"),
+}
+BATCH_MODELS: tuple[str, ...] = ("ink-whisper", "ink-whisper-2025-06-04")
+# `min_volume` and `max_silence_duration_secs` are "used by `ink-whisper` models only" (SDK docstrings).
+SILENCE_SETTING_MODELS: tuple[str, ...] = ("ink-whisper", "ink-whisper-2025-06-04")
 MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 48000
 MAX_KEYTERMS = 100
@@ -147,11 +154,9 @@ def parse_params(
             f"At most {MAX_KEYTERMS} keyterms and {MAX_KEYTERM_CHARS} characters in total.",
             "invalid_keyterms",
         )
-    language = one("language") or "en"
-    if not re.fullmatch(r"[a-z]{2}", language):
-        raise ParamError(
-            "Invalid language", f"`language` must be an ISO 639-1 code, got {language!r}.", "invalid_language"
-        )
+    # The auto endpoint has no `language` (ink-2 is English only): like every unknown query
+    # parameter, it is ignored there.
+    language = "en" if endpoint == "auto" else parse_language(one("language"))
     turn = TurnSettings()
     min_volume = max_silence = None
     if endpoint == "auto":
@@ -161,13 +166,12 @@ def parse_params(
             end_threshold=_number("turn_end_threshold", one("turn_end_threshold") or "0.2"),
             end_timeout_ms=int(_number("turn_end_timeout_ms", one("turn_end_timeout_ms") or "5600")),
         ).validated()
-    else:
+    elif model in SILENCE_SETTING_MODELS:
         if (raw := one("min_volume")) is not None:
             min_volume = _number("min_volume", raw)
             _in_range("min_volume", min_volume, 0.0, 1.0)
         if (raw := one("max_silence_duration_secs")) is not None:
             max_silence = _number("max_silence_duration_secs", raw)
-            _in_range("max_silence_duration_secs", max_silence, 0.1, 60.0)
     return ConnectionParams(
         endpoint=endpoint,
         model=model,
@@ -180,6 +184,16 @@ def parse_params(
         min_volume=min_volume,
         max_silence_duration_secs=max_silence,
     )
+
+
+def parse_language(raw: str | None) -> str:
+    """An ISO 639-1 code (default ``en``; no detection)."""
+    language = raw or "en"
+    if not re.fullmatch(r"[a-z]{2}", language):
+        raise ParamError(
+            "Invalid language", f"`language` must be an ISO 639-1 code, got {language!r}.", "invalid_language"
+        )
+    return language
 
 
 def turn_settings_update(current: TurnSettings, turn: Mapping[str, object]) -> TurnSettings:

@@ -11,6 +11,22 @@ with the defaults (tau 500 ms) `turn.eager_end` comes after ~458 ms of silence (
 after an eager end gives `turn.resume`. Silence is measured in *audio* time, so a client that stops
 sending audio never sees a turn end: the server waits, as Cartesia's does.
 
+Server-side buffering. Cartesia "buffers some audio to improve transcription accuracy": without
+``close`` (or, on the manual endpoint, ``finalize``) that audio "will not be processed". The core
+holds back the newest ``buffer_ms`` of audio (the server edge defaults to
+:data:`DEFAULT_SERVER_BUFFER_MS`); only older audio reaches the recognizer and the turn clock, so the
+last words of a stream are recognized only when more audio pushes them out, or on ``close`` (auto) /
+``finalize`` or ``close`` (manual). A client that disconnects or stops sending without ``close``
+loses that tail, as documented. The pure core's own default is no buffering.
+
+Server variants. Where Cartesia's docs are silent (the UNCONFIRMED points), each plausible
+alternative server is a :class:`Variant` a connection can be given, so clients are tested against all
+of them: ``flush_done_first`` (manual: `flush_done` before that finalize's final transcript),
+``repeat_updates`` (every `turn.update` sent twice), ``update_while_eager`` (a `turn.update` after
+`turn.eager_end`, before the turn resolves), ``no_turn_start`` (turns end without a `turn.start`),
+``no_leading_space`` (later turns' text has no leading separator: the concatenation has none either).
+The server edge adds ``in_stream_429`` (the concurrency limit as an `error` event, then a close).
+
 Manual endpoint. Text since the last final is pending; an interim `transcript` (``is_final: false``)
 is sent at each word boundary; ``finalize`` makes it final (even mid-word: "Insert" now, "ing" later)
 and is acknowledged with `flush_done` *after* that final; silence longer than
@@ -22,20 +38,34 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
+import numpy as np
 import orjson
+from numpy.typing import NDArray
 
 from pipeline.audio import bytes_per_sample, decode
 from pipeline.emulator.engines.base import EngineEvent, Recognizer, SpeechEnd, SpeechStart, Text
-from pipeline.emulator.params import ConnectionParams, ParamError, TurnSettings, turn_settings_update
+from pipeline.emulator.params import DOC_URL, ConnectionParams, ParamError, TurnSettings, turn_settings_update
 
 DEFAULT_TAU_MS = 500.0
 DEFAULT_MANUAL_AUTO_FINALIZE_S = 1.5
+DEFAULT_SERVER_BUFFER_MS = 1000.0
 
 CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008  # the client broke the protocol (4xx-class error)
 CLOSE_INTERNAL = 1011  # the server failed (5xx-class error)
+
+
+Variant = Literal[
+    "flush_done_first",
+    "repeat_updates",
+    "update_while_eager",
+    "no_turn_start",
+    "no_leading_space",
+    "in_stream_429",
+]
+VARIANTS: tuple[Variant, ...] = get_args(Variant)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +86,7 @@ def error_event(
     event: dict[str, Any] = {"type": "error", "status_code": status_code, "title": title, "message": message}
     if error_code is not None:
         event["error_code"] = error_code
+    event["doc_url"] = DOC_URL
     if request_id is not None:
         event["request_id"] = request_id
     return event
@@ -71,15 +102,30 @@ def silence_for_threshold(threshold: float, tau_ms: float) -> float:
 
 
 class _Core:
-    """What both endpoints share: audio decoding with carry-over, the audio clock, engine dispatch."""
+    """What both endpoints share: audio decoding with carry-over, the server-side buffer, the audio
+    clock, engine dispatch."""
 
-    def __init__(self, params: ConnectionParams, recognizer: Recognizer, request_id: str) -> None:
+    def __init__(
+        self,
+        params: ConnectionParams,
+        recognizer: Recognizer,
+        request_id: str,
+        *,
+        buffer_ms: float = 0.0,
+        variants: frozenset[Variant] = frozenset(),
+    ) -> None:
+        if buffer_ms < 0:
+            raise ValueError(f"buffer_ms must be >= 0, got {buffer_ms}")
         self.params = params
         self.request_id = request_id
+        self.variants = variants
         self._recognizer = recognizer
         self._sample_bytes = bytes_per_sample(params.encoding)
         self._carry = b""
         self._samples = 0
+        self._fed = 0
+        self._held: NDArray[np.float32] = np.zeros(0, dtype=np.float32)
+        self._hold = round(buffer_ms * params.sample_rate / 1000.0)
         self._in_speech = False
         self._silence_from = 0.0
         self.closed = False
@@ -88,6 +134,11 @@ class _Core:
     def audio_ms(self) -> float:
         """Audio received so far, in ms of the declared rate."""
         return self._samples * 1000.0 / self.params.sample_rate
+
+    @property
+    def processed_ms(self) -> float:
+        """Audio handed to the recognizer so far (received minus the server-side buffer)."""
+        return self._fed * 1000.0 / self.params.sample_rate
 
     def opening(self) -> list[Outgoing]:
         return []
@@ -103,10 +154,25 @@ class _Core:
             return []
         samples = decode(data[:whole], self.params.encoding)
         self._samples += len(samples)
+        held = np.concatenate((self._held, samples)) if len(self._held) else samples
+        cut = max(0, len(held) - self._hold)
+        self._held = held[cut:]
         out: list[Outgoing] = []
-        self._dispatch(self._recognizer.feed(samples), out)
-        self._advance(self.audio_ms, out)
+        self._feed(held[:cut], out)
         return out
+
+    def _feed(self, samples: NDArray[np.float32], out: list[Outgoing]) -> None:
+        if not len(samples):
+            return
+        self._fed += len(samples)
+        self._dispatch(self._recognizer.feed(samples), out)
+        self._advance(self.processed_ms, out)
+
+    def _drain(self, out: list[Outgoing]) -> None:
+        """Process everything buffered, then force out the recognizer's text (finalize / close)."""
+        held, self._held = self._held, np.zeros(0, dtype=np.float32)
+        self._feed(held, out)
+        self._dispatch(self._recognizer.flush(), out)
 
     def _dispatch(self, events: list[EngineEvent], out: list[Outgoing]) -> None:
         for event in events:
@@ -142,9 +208,16 @@ class AutoSession(_Core):
     """`/stt/turns/websocket`: server-side turn detection."""
 
     def __init__(
-        self, params: ConnectionParams, recognizer: Recognizer, request_id: str, *, tau_ms: float = DEFAULT_TAU_MS
+        self,
+        params: ConnectionParams,
+        recognizer: Recognizer,
+        request_id: str,
+        *,
+        tau_ms: float = DEFAULT_TAU_MS,
+        buffer_ms: float = 0.0,
+        variants: frozenset[Variant] = frozenset(),
     ) -> None:
-        super().__init__(params, recognizer, request_id)
+        super().__init__(params, recognizer, request_id, buffer_ms=buffer_ms, variants=variants)
         self._tau_ms = tau_ms
         self._state = "idle"  # idle | speaking | eager
         self._turn_text = ""
@@ -194,7 +267,7 @@ class AutoSession(_Core):
         if self.closed:
             return []
         out: list[Outgoing] = []
-        self._dispatch(self._recognizer.flush(), out)
+        self._drain(out)
         if self._state != "idle":
             self._end_turn(out)
         self.closed = True
@@ -205,18 +278,24 @@ class AutoSession(_Core):
         if self._state == "idle":
             self._state = "speaking"
             self._turn_text = self._shown = ""
-            out.append(self._json({"type": "turn.start"}))
+            if "no_turn_start" not in self.variants:
+                out.append(self._json({"type": "turn.start"}))
         elif self._state == "eager":
             self._state = "speaking"
             out.append(self._json({"type": "turn.resume"}))
 
     def _text(self, text: str) -> None:
+        if not self._turn_text and "no_leading_space" in self.variants:
+            text = text.lstrip()
         self._turn_text += text
 
     def _settle(self, out: list[Outgoing]) -> None:
         if self._state != "idle" and not self._in_speech and self._turn_text != self._shown:
             self._shown = self._turn_text
-            out.append(self._json({"type": "turn.update", "transcript": self._turn_text}))
+            update = self._json({"type": "turn.update", "transcript": self._turn_text})
+            out.append(update)
+            if "repeat_updates" in self.variants:
+                out.append(dict(update))
 
     def _advance(self, now_ms: float, out: list[Outgoing]) -> None:
         if self._in_speech or self._state == "idle":
@@ -225,6 +304,8 @@ class AutoSession(_Core):
         if self._state == "speaking" and self._turn_text and silence >= self.eager_silence_ms:
             self._state = "eager"
             out.append(self._json({"type": "turn.eager_end", "transcript": self._turn_text}))
+            if "update_while_eager" in self.variants:
+                out.append(self._json({"type": "turn.update", "transcript": self._turn_text}))
         if silence >= self.end_silence_ms:
             self._end_turn(out)
 
@@ -238,12 +319,22 @@ class AutoSession(_Core):
 class ManualSession(_Core):
     """`/stt/websocket`: client-driven finalization; `is_final` deltas."""
 
-    def __init__(self, params: ConnectionParams, recognizer: Recognizer, request_id: str) -> None:
-        super().__init__(params, recognizer, request_id)
+    def __init__(
+        self,
+        params: ConnectionParams,
+        recognizer: Recognizer,
+        request_id: str,
+        *,
+        buffer_ms: float = 0.0,
+        variants: frozenset[Variant] = frozenset(),
+    ) -> None:
+        super().__init__(params, recognizer, request_id, buffer_ms=buffer_ms, variants=variants)
         self._pending = ""
         self._shown = ""
         self._final_from_ms = 0.0
-        seconds = params.max_silence_duration_secs or DEFAULT_MANUAL_AUTO_FINALIZE_S
+        seconds = params.max_silence_duration_secs
+        if seconds is None:
+            seconds = DEFAULT_MANUAL_AUTO_FINALIZE_S
         self.auto_finalize_ms = seconds * 1000.0
 
     def text(self, message: str) -> list[Outgoing]:
@@ -253,9 +344,13 @@ class ManualSession(_Core):
         command = message.strip()
         if command == "finalize":
             out: list[Outgoing] = []
-            self._dispatch(self._recognizer.flush(), out)
-            self._finalize(out)
-            out.append(self._json({"type": "flush_done"}))
+            self._drain(out)
+            if "flush_done_first" in self.variants:
+                out.append(self._json({"type": "flush_done"}))
+                self._finalize(out)
+            else:
+                self._finalize(out)
+                out.append(self._json({"type": "flush_done"}))
             return out
         if command in ("close", "done"):
             return self.finish()
@@ -273,7 +368,7 @@ class ManualSession(_Core):
         if self.closed:
             return []
         out: list[Outgoing] = []
-        self._dispatch(self._recognizer.flush(), out)
+        self._drain(out)
         self._finalize(out)
         out.append(self._json({"type": "done"}))
         out.append(Close(CLOSE_NORMAL))
@@ -296,7 +391,7 @@ class ManualSession(_Core):
         if self._pending:
             out.append(self._transcript(self._pending, is_final=True))
         self._pending = self._shown = ""
-        self._final_from_ms = self.audio_ms
+        self._final_from_ms = self.processed_ms
 
     def _transcript(self, text: str, *, is_final: bool) -> dict[str, Any]:
         return self._json(
@@ -304,7 +399,7 @@ class ManualSession(_Core):
                 "type": "transcript",
                 "is_final": is_final,
                 "text": text,
-                "duration": round((self.audio_ms - self._final_from_ms) / 1000.0, 3),
+                "duration": round((self.processed_ms - self._final_from_ms) / 1000.0, 3),
                 "language": self.params.language,
             }
         )

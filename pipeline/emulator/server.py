@@ -13,6 +13,21 @@ Choices where Cartesia's docs are silent (tested in ``tests/integration/test_emu
   ``error`` 500 ``audio_overrun``, then close 1011.
 - No frame at all for ``idle_timeout_s`` (default 20): ``error`` 408 ``idle_timeout``, then close 1008.
 - Clean ends close with 1000.
+- Server variants (:data:`pipeline.emulator.protocol.VARIANTS`, ``EmulatorConfig.variants``,
+  ``--variant``): the plausible alternatives where the docs are silent. ``in_stream_429`` accepts the
+  upgrade over the limit, then sends ``error`` 429 ``concurrency_limited`` and closes 1008.
+
+- A 4xx ``error`` event answering a bad command on an open socket (``invalid_message``, a bad
+  ``config``) does not close it: the command is ignored and the session goes on. Fatal errors
+  (idle timeout, overrun, injected faults) send the ``error`` event and close at once, while still
+  reading (and discarding) what the client sends, so the closing handshake never stalls; the stats'
+  ``close_code`` is the code sent to the client.
+- Error events carry ``doc_url``.
+
+Batch transcription: ``POST /stt`` (see :mod:`pipeline.emulator.batch`) on the same port, with the
+same authentication and error bodies. `websockets` only parses GET requests, so the connection class
+takes a POST's head and body off the wire itself and hands the handshake machinery an equivalent
+GET; :meth:`Emulator._process_request` then answers it with the transcript.
 
 HTTP extras: ``GET /_emulator/health`` and ``GET /_emulator/stats`` (per-session metrics as JSON).
 """
@@ -37,12 +52,14 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from pipeline.audio import duration_ms
+from pipeline.emulator.batch import BATCH_PATH, parse_batch, transcribe
 from pipeline.emulator.engines.base import Engine
 from pipeline.emulator.faults import ConnectionFaults, FaultPlan
 from pipeline.emulator.params import PATHS, ConnectionParams, Endpoint, ParamError, parse_params
 from pipeline.emulator.protocol import (
     CLOSE_INTERNAL,
     CLOSE_POLICY,
+    DEFAULT_SERVER_BUFFER_MS,
     DEFAULT_TAU_MS,
     AutoSession,
     Close,
@@ -50,6 +67,7 @@ from pipeline.emulator.protocol import (
     Outgoing,
     RateGuard,
     Session,
+    Variant,
     error_event,
     error_from,
 )
@@ -66,6 +84,8 @@ class EmulatorConfig:
     idle_timeout_s: float = 20.0
     overload_budget_ms: float = 2000.0
     tau_ms: float = DEFAULT_TAU_MS
+    server_buffer_ms: float = DEFAULT_SERVER_BUFFER_MS
+    variants: frozenset[Variant] = frozenset()
 
 
 @dataclass(slots=True)
@@ -89,6 +109,50 @@ class SessionStats:
     fault: str | None = None
 
 
+MAX_BATCH_BYTES = 2**27
+
+
+class _HttpConnection(ServerConnection):
+    """A server connection that also takes plain HTTP POSTs (batch transcription).
+
+    A POST's head and body are read here; the handshake machinery is then fed the same head as a
+    GET without a body, and :attr:`post_body` holds what was posted.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.post_body: bytes | None = None
+        self.over_limit = False  # accepted only to be refused with an `error` event (variant in_stream_429)
+        self._pending: bytearray | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._pending is None and self.request is None and data.startswith(b"POST "):
+            self._pending = bytearray()
+        if self._pending is None:
+            super().data_received(data)
+            return
+        self._pending += data
+        head_end = self._pending.find(b"\r\n\r\n")
+        if head_end < 0:
+            return
+        head = bytes(self._pending[:head_end]).decode("latin-1").split("\r\n")
+        length = 0
+        kept = []
+        for line in head[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value.strip() or 0)
+            elif name.strip().lower() not in ("transfer-encoding", "expect"):
+                kept.append(line)
+        length = min(length, MAX_BATCH_BYTES)
+        if len(self._pending) < head_end + 4 + length:
+            return
+        self.post_body = bytes(self._pending[head_end + 4 : head_end + 4 + length])
+        self._pending = None
+        _, path, protocol = head[0].split(" ", 2)
+        super().data_received(("\r\n".join([f"GET {path} {protocol}", *kept]) + "\r\n\r\n").encode("latin-1"))
+
+
 def _json_response(status: HTTPStatus, body: dict[str, Any]) -> Response:
     data = orjson.dumps(body)
     headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
@@ -104,6 +168,7 @@ class Emulator:
         self.faults = FaultPlan()
         self.sessions: list[SessionStats] = []
         self._reserved = 0
+        self.concurrency_refusals = 0
         self._server: Server | None = None
         self._ordinal = itertools.count(1)
 
@@ -129,6 +194,7 @@ class Emulator:
             self.config.host,
             self.config.port,
             process_request=self._process_request,
+            create_connection=_HttpConnection,
             max_size=2**22,
             ping_interval=None,
         )
@@ -151,13 +217,17 @@ class Emulator:
             "engine": self.engine.name,
             "active": self._reserved,
             "overloads": sum(s.overloaded for s in self.sessions),
+            "concurrency_refusals": self.concurrency_refusals,
             "sessions": [asdict(s) for s in self.sessions],
         }
 
     # -- HTTP -------------------------------------------------------------------------------------
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
+        post_body = connection.post_body if isinstance(connection, _HttpConnection) else None
+        if post_body is not None:
+            return await self._batch(request, url.path, parse_qs(url.query), post_body)
         if url.path == "/_emulator/health":
             return _json_response(HTTPStatus.OK, {"status": "ok", "engine": self.engine.name})
         if url.path == "/_emulator/stats":
@@ -171,6 +241,10 @@ class Emulator:
         if refusal is not None:
             return refusal
         if self.config.max_sessions is not None and self._reserved >= self.config.max_sessions:
+            self.concurrency_refusals += 1
+            if "in_stream_429" in self.config.variants and isinstance(connection, _HttpConnection):
+                connection.over_limit = True
+                return None
             return _json_response(
                 HTTPStatus.TOO_MANY_REQUESTS,
                 error_event(
@@ -184,6 +258,26 @@ class Emulator:
         self._reserved += 1
         asyncio.get_running_loop().create_task(self._release_when_closed(connection))
         return None
+
+    async def _batch(self, request: Request, path: str, query: dict[str, list[str]], body: bytes) -> Response:
+        if path != BATCH_PATH:
+            return _json_response(
+                HTTPStatus.NOT_FOUND, error_event(404, "Not found", f"No endpoint at POST {path}.", "not_found", None)
+            )
+        refusal = self._authenticate(request, query)
+        if refusal is not None:
+            return refusal
+        request_id = str(uuid.uuid4())
+        try:
+            batch = parse_batch(query, request.headers.get("Content-Type", ""), body)
+        except ParamError as exc:
+            return _json_response(HTTPStatus(exc.status_code), error_from(exc, request_id))
+        heavy = bool(getattr(self.engine, "cpu_heavy", False))
+        if heavy:
+            result = await asyncio.to_thread(transcribe, self.engine, batch, request_id)
+        else:
+            result = transcribe(self.engine, batch, request_id)
+        return _json_response(HTTPStatus.OK, result)
 
     async def _release_when_closed(self, connection: ServerConnection) -> None:
         with contextlib.suppress(Exception):
@@ -202,9 +296,7 @@ class Emulator:
         if key in self.config.api_keys:
             return None
         message = "Missing API key." if key is None else "Invalid API key."
-        return _json_response(
-            HTTPStatus.UNAUTHORIZED, error_event(401, "Unauthorized", message, "unauthorized", None)
-        )
+        return _json_response(HTTPStatus.UNAUTHORIZED, error_event(401, "Unauthorized", message, "unauthorized", None))
 
     # -- WebSocket --------------------------------------------------------------------------------
 
@@ -220,6 +312,18 @@ class Emulator:
         except ParamError as exc:
             await ws.send(orjson.dumps(error_from(exc, request_id)).decode())
             await ws.close(CLOSE_POLICY, exc.error_code)
+            return
+        if isinstance(ws, _HttpConnection) and ws.over_limit:
+            limit = self.config.max_sessions
+            event = error_event(
+                429,
+                "Concurrency limit reached",
+                f"At most {limit} concurrent STT streams are allowed.",
+                "concurrency_limited",
+                request_id,
+            )
+            await ws.send(orjson.dumps(event).decode())
+            await ws.close(CLOSE_POLICY, "concurrency_limited")
             return
         faults = self.faults.assign(endpoint)
         stats = SessionStats(request_id, endpoint, params.encoding, params.sample_rate, time.time())
@@ -246,9 +350,22 @@ class _Connection:
         self.config = emulator.config
         recognizer = emulator.engine.recognizer(params.sample_rate)
         self.core: Session = (
-            AutoSession(params, recognizer, request_id, tau_ms=emulator.config.tau_ms)
+            AutoSession(
+                params,
+                recognizer,
+                request_id,
+                tau_ms=emulator.config.tau_ms,
+                buffer_ms=emulator.config.server_buffer_ms,
+                variants=emulator.config.variants,
+            )
             if params.endpoint == "auto"
-            else ManualSession(params, recognizer, request_id)
+            else ManualSession(
+                params,
+                recognizer,
+                request_id,
+                buffer_ms=emulator.config.server_buffer_ms,
+                variants=emulator.config.variants,
+            )
         )
         self.heavy = bool(getattr(emulator.engine, "cpu_heavy", False))
         self.guard = RateGuard(emulator.config.overload_budget_ms)
@@ -283,11 +400,17 @@ class _Connection:
         except ConnectionClosed:
             pass
         finally:
+            # Keep reading (and discarding) while the last events and the close frame go out: a
+            # server that stops reading stalls the closing handshake until its timeout.
+            discard = asyncio.create_task(self._discard_reads())
             if not sender.done():
                 if not self.core.closed or self.stats.fault == "drop":
                     sender.cancel()
                 with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
                     await sender
+            discard.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                await discard
             self.stats.closed_at = time.time()
             if self.stats.close_code is None:
                 self.stats.close_code = self.ws.close_code
@@ -342,6 +465,10 @@ class _Connection:
                 )
                 return
 
+    async def _discard_reads(self) -> None:
+        while True:
+            await self.ws.recv()
+
     async def _send_loop(self) -> None:
         while True:
             due, item = await self.outbox.get()
@@ -349,6 +476,8 @@ class _Connection:
             if delay > 0:
                 await asyncio.sleep(delay)
             if isinstance(item, Close):
+                if self.stats.close_code is None:
+                    self.stats.close_code = item.code
                 await self.ws.close(item.code, item.reason)
                 return
             await self.ws.send(orjson.dumps(item).decode())

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
+import wave
 from collections.abc import Iterator
 from typing import Any
 
+import cartesia
 import pytest
 from cartesia import AsyncCartesia, Cartesia
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
@@ -135,3 +138,71 @@ def test_sdk_429_concurrency_limited() -> None:
             assert b"concurrency_limited" in refused.value.response.body
             first.send({"type": "close"})
             list(first)
+
+
+# -- batch `POST /stt` ---------------------------------------------------------------------------
+
+
+def wav_file(audio: bytes, rate: int = 16000, channels: int = 1) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as wav:
+        wav.setnchannels(channels)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(audio)
+    return buf.getvalue()
+
+
+# Word spans of synthesize(SCRIPT): 200 ms lead, 40 ms symbols, 80 ms word gaps, 1200 ms between turns.
+EXPECTED_WORDS = [("Hello", 0.2, 0.4), ("there.", 0.48, 0.72), ("How", 1.92, 2.04), ("are", 2.12, 2.24)]
+
+
+def test_sync_batch_transcribe_wav_with_word_timestamps(emu: EmulatorThread) -> None:
+    audio = synthesize(SCRIPT, 16000, "pcm_s16le")
+    client = Cartesia(api_key="k", base_url=emu.base_url)
+    result = client.stt.transcribe(
+        file=("speech.wav", wav_file(audio), "audio/wav"),
+        model="ink-whisper",
+        language="en",
+        timestamp_granularities=["word"],
+    )
+    assert result.type == "transcript" and result.text == EXPECTED
+    assert result.language == "en" and result.request_id
+    assert result.duration == pytest.approx(len(audio) / 32000, abs=0.001)
+    assert result.words is not None
+    assert [w.word for w in result.words] == EXPECTED.split()
+    for word, (text, start, end) in zip(result.words, EXPECTED_WORDS, strict=False):
+        assert word.word == text
+        assert word.start == pytest.approx(start, abs=0.005) and word.end == pytest.approx(end, abs=0.005)
+
+
+async def test_async_batch_transcribe_raw_pcm_with_query_encoding(emu: EmulatorThread) -> None:
+    audio = synthesize(SCRIPT, 8000, "pcm_mulaw")
+    client = AsyncCartesia(api_key="k", base_url=emu.base_url)
+    result = await client.stt.transcribe(
+        file=("speech.raw", audio), model="ink-whisper-2025-06-04", encoding="pcm_mulaw", sample_rate=8000
+    )
+    assert result.text == EXPECTED and result.words is None  # words only when asked for
+    stereo = synthesize(SCRIPT, 24000, "pcm_s16le")
+    interleaved = bytes(b for i in range(0, len(stereo), 2) for b in stereo[i : i + 2] * 2)
+    both = await client.stt.transcribe(file=("s.wav", wav_file(interleaved, 24000, 2)), model="ink-whisper")
+    assert both.text == EXPECTED
+
+
+def test_batch_errors_are_the_sockets_errors() -> None:
+    audio = wav_file(synthesize("Hi", 16000, "pcm_s16le"))
+    with running_emulator(api_keys=("good-key",)) as emu:
+        with pytest.raises(cartesia.AuthenticationError) as refused:
+            Cartesia(api_key="bad-key", base_url=emu.base_url).stt.transcribe(
+                file=("a.wav", audio), model="ink-whisper"
+            )
+        assert refused.value.status_code == 401
+        client = Cartesia(api_key="good-key", base_url=emu.base_url)
+        with pytest.raises(cartesia.BadRequestError) as bad:
+            client.stt.transcribe(file=("a.wav", audio), model="ink-2")  # type: ignore[arg-type]
+        assert bad.value.status_code == 400
+        assert isinstance(bad.value.body, dict) and bad.value.body["error_code"] == "model_not_found"
+        assert bad.value.body["doc_url"].startswith("https://docs.cartesia.ai/")
+        with pytest.raises(cartesia.BadRequestError):
+            client.stt.transcribe(file=("a.mp3", b"ID3 not audio we decode"), model="ink-whisper")
+        assert client.stt.transcribe(file=("a.wav", audio), model="ink-whisper").text == "Hi"

@@ -101,7 +101,8 @@ async def test_wrong_declared_format_garbles_without_error(
 
 
 async def test_events_come_out_as_audio_time_advances(auto_ws: ClientConnection) -> None:
-    first = synthesize("First turn.", 16000, "pcm_s16le", tail_ms=1200)
+    # The turn ends ~0.8 s into the silence, seen once the server's ~1 s buffer has moved past it.
+    first = synthesize("First turn.", 16000, "pcm_s16le", tail_ms=2200)
     second = synthesize(" Second turn.".strip(), 16000, "pcm_s16le", lead_ms=0)
     await auto_ws.send(first)
     seen: list[dict[str, Any]] = []
@@ -123,11 +124,61 @@ async def test_muted_client_no_audio_means_no_turn_end(auto_ws: ClientConnection
         while True:
             events.append(json.loads(await asyncio.wait_for(auto_ws.recv(), 1.0)))
     assert "turn.end" not in [e["type"] for e in events]
-    await auto_ws.send(silence("pcm_s16le", 16000))  # one second of silence ends the turn
+    # one second of silence ends the turn, once another pushes it through the server's buffer
+    await auto_ws.send(silence("pcm_s16le", 16000) * 2)
     event = json.loads(await asyncio.wait_for(auto_ws.recv(), 5))
     while event["type"] != "turn.end":
         event = json.loads(await asyncio.wait_for(auto_ws.recv(), 5))
     assert event["transcript"] == "Still talking"
+
+
+async def quiet_events(ws: ClientConnection, quiet_s: float = 0.6) -> list[dict[str, Any]]:
+    """Events until none arrive for ``quiet_s`` (the socket stays open)."""
+    events: list[dict[str, Any]] = []
+    with contextlib.suppress(TimeoutError):
+        while True:
+            events.append(json.loads(await asyncio.wait_for(ws.recv(), quiet_s)))
+    return events
+
+
+TAIL_SCRIPT = ["One two.", 1200, "Three"]
+
+
+@pytest.mark.parametrize("send_close", [True, False])
+async def test_auto_server_buffer_holds_the_tail_until_close(fast: EmulatorThread, send_close: bool) -> None:
+    audio = synthesize(TAIL_SCRIPT, 16000, "pcm_s16le", tail_ms=600)  # less than the 1 s buffer
+    async with connect(url(fast), additional_headers=VERSION) as ws:
+        await ws.send(audio)
+        events = await quiet_events(ws)
+        assert turn_ends(events) == ["One two."]
+        assert " Three" not in [e.get("transcript") for e in events]  # buffered, not yet recognized
+        if send_close:
+            await ws.send('{"type":"close"}')
+            events = await read_all(ws)
+            assert turn_ends(events) == [" Three"] and ws.close_code == 1000
+    # A client that leaves without `close` never gets the tail: "buffered audio will not be processed".
+
+
+@pytest.mark.parametrize("command", ["finalize", "close"])
+async def test_manual_server_buffer_hangs_onto_the_last_chunk(fast: EmulatorThread, command: str) -> None:
+    audio = synthesize(["One two.", 2000, "Three"], 16000, "pcm_s16le", tail_ms=600)  # 2 s: auto-finalized
+    async with connect(url(fast, "manual"), additional_headers=VERSION) as ws:
+        await ws.send(audio)
+        events = await quiet_events(ws)
+        assert [e["text"] for e in events if e["type"] == "transcript" and e["is_final"]] == ["One two."]
+        assert all("Three" not in e["text"] for e in events)
+        await ws.send(command)
+        events = await (read_all(ws) if command == "close" else quiet_events(ws))
+    finals = [e["text"] for e in events if e["type"] == "transcript" and e["is_final"]]
+    assert finals == [" Three"]
+
+
+async def test_server_buffer_is_configurable() -> None:
+    with running_emulator(overload_budget_ms=1e9, server_buffer_ms=0) as emu:
+        async with connect(url(emu), additional_headers=VERSION) as ws:
+            await ws.send(synthesize(TAIL_SCRIPT, 16000, "pcm_s16le", tail_ms=600))
+            events = await quiet_events(ws)
+    assert [e.get("transcript") for e in events if e["type"] == "turn.update"][-1] == " Three"
 
 
 async def test_close_with_no_audio_closes_cleanly(auto_ws: ClientConnection) -> None:
@@ -152,7 +203,7 @@ async def test_manual_endpoint_over_socket_splits_a_word_on_mid_word_finalize(fa
 
 
 async def test_manual_silence_auto_finalizes_without_finalize(fast: EmulatorThread) -> None:
-    audio = synthesize("Auto final", 16000, "pcm_s16le", tail_ms=2000)
+    audio = synthesize("Auto final", 16000, "pcm_s16le", tail_ms=3000)
     async with connect(url(fast, "manual"), additional_headers=VERSION) as ws:
         await ws.send(audio)
         event = json.loads(await asyncio.wait_for(ws.recv(), 5))
@@ -223,6 +274,18 @@ async def test_concurrency_limit_refuses_with_429_and_frees_slots() -> None:
             await asyncio.sleep(0.05)
         async with connect(url(emu), additional_headers=VERSION) as ws:
             assert json.loads(await ws.recv())["type"] == "connected"
+
+
+async def test_in_stream_429_variant_is_an_error_event_then_close() -> None:
+    with running_emulator(max_sessions=1, variants=frozenset({"in_stream_429"})) as emu:
+        async with connect(url(emu), additional_headers=VERSION) as first:
+            async with connect(url(emu), additional_headers=VERSION) as second:
+                events = await read_all(second)
+            assert [e["type"] for e in events] == ["error"]
+            assert events[0]["status_code"] == 429 and events[0]["error_code"] == "concurrency_limited"
+            assert second.close_code == 1008
+            await first.send('{"type":"close"}')
+            await read_all(first)
 
 
 async def test_faster_than_realtime_beyond_budget_is_a_5xx_error() -> None:
@@ -298,6 +361,22 @@ async def test_fault_5xx_error_event_then_1011(fast: EmulatorThread) -> None:
         events = await read_all(ws)
     assert events[-1]["status_code"] == 503 and events[-1]["type"] == "error"
     assert ws.close_code == 1011
+
+
+async def test_fatal_error_closes_at_once_even_while_the_client_keeps_sending(fast: EmulatorThread) -> None:
+    fast.emulator.faults.add(Fault("error", at_audio_ms=300, status_code=503))
+    chunk = silence("pcm_s16le", 16000)[:320]
+    async with connect(url(fast), additional_headers=VERSION) as ws:
+        started = time.monotonic()
+        with contextlib.suppress(ConnectionClosed):
+            for _ in range(500):  # a client busy sending small frames, frames still in flight at the error
+                await ws.send(chunk)
+        await read_all(ws)
+        elapsed = time.monotonic() - started
+    assert ws.close_code == 1011
+    assert elapsed < 3.0
+    await asyncio.sleep(0.2)
+    assert fast.stats()["sessions"][-1]["close_code"] == 1011
 
 
 async def test_fault_delay_holds_events_back(fast: EmulatorThread) -> None:

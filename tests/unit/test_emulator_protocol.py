@@ -152,6 +152,25 @@ def test_auto_close_flushes_tail_and_ends_open_turn() -> None:
     assert session.closed and session.audio(b"\0\0") == []
 
 
+def test_auto_server_buffer_delays_recognition_and_close_releases_it() -> None:
+    events = words((200, 400, "Hello"))
+    session = AutoSession(params(), ScriptRecognizer(events), "r", buffer_ms=1000)
+    assert feed_ms(session, 1100) == []  # only 100 ms processed: the word is still buffered
+    assert session.audio_ms == 1100 and session.processed_ms == 100
+    assert kinds(feed_ms(session, 1100)) == ["turn.start", "turn.update", "turn.eager_end"]
+    out = session.text('{"type":"close"}')
+    assert kinds(out) == ["turn.end", "close:1000"] and texts(out, "turn.end") == ["Hello"]
+
+
+def test_manual_server_buffer_held_until_finalize() -> None:
+    session = ManualSession(params("manual"), ScriptRecognizer(words((200, 400, "Hi"))), "r", buffer_ms=1000)
+    assert feed_ms(session, 1000) == []
+    out = session.text("finalize")
+    assert kinds(out) == ["transcript", "transcript", "flush_done"]
+    assert texts(out, "transcript") == ["Hi", "Hi"]
+    assert session.processed_ms == 1000
+
+
 def test_auto_close_when_idle_just_closes() -> None:
     session = AutoSession(params(), ScriptRecognizer([]), "r")
     assert session.text('{"type":"close"}') == [Close(1000)]
@@ -246,7 +265,8 @@ def test_manual_old_done_command_closes_and_garbage_is_an_error() -> None:
         ("auto", {"turn_eager_end_threshold": "0.3", "turn_end_threshold": "0.3"}, "invalid_turn_config"),
         ("auto", {"turn_end_timeout_ms": "100"}, "invalid_parameter"),
         ("manual", {"language": "english"}, "invalid_language"),
-        ("manual", {"min_volume": "2"}, "invalid_parameter"),
+        ("manual", {"model": "ink-whisper", "min_volume": "2"}, "invalid_parameter"),
+        ("manual", {"model": "ink-whisper", "max_silence_duration_secs": "x"}, "invalid_parameter"),
     ],
 )
 def test_invalid_params_are_rejected_with_400(endpoint: str, change: dict[str, Any], code: str) -> None:
@@ -322,5 +342,43 @@ def test_error_events_are_cartesia_shaped() -> None:
     session = AutoSession(params(), ScriptRecognizer([]), "rid")
     event = session.text("nonsense")[0]
     assert isinstance(event, dict)
-    assert set(event) == {"type", "status_code", "title", "message", "error_code", "request_id"}
+    assert set(event) == {"type", "status_code", "title", "message", "error_code", "doc_url", "request_id"}
+    assert event["doc_url"].startswith("https://docs.cartesia.ai/")
     orjson.dumps(event)
+    assert not session.closed  # a bad command is answered, the socket stays open (see the server's docstring)
+
+
+def test_sdk_model_ids_dated_snapshots_and_ignored_params() -> None:
+    base = {"encoding": ["pcm_s16le"], "sample_rate": ["16000"], "cartesia_version": ["v"]}
+    assert parse_params("manual", {**base, "model": ["ink-whisper-2025-06-04"]}, {}).model == "ink-whisper-2025-06-04"
+    auto = parse_params("auto", {**base, "model": ["ink-2"], "language": ["fr"], "made_up": ["1"]}, {})
+    assert auto.language == "en"  # the auto endpoint has no `language`: ignored like any unknown parameter
+    # No invented range on max_silence_duration_secs; silence settings apply to ink-whisper models only.
+    whisper = {**base, "model": ["ink-whisper"], "max_silence_duration_secs": ["90"], "min_volume": ["0.5"]}
+    assert parse_params("manual", whisper, {}).max_silence_duration_secs == 90.0
+    ink2 = parse_params("manual", {**whisper, "model": ["ink-2"]}, {})
+    assert ink2.max_silence_duration_secs is None and ink2.min_volume is None
+
+
+# -- server variants ---------------------------------------------------------------------------
+
+
+def test_variants_change_only_what_the_docs_leave_open() -> None:
+    events = words((200, 400, "Hello"), (480, 700, " there.")) + words((2000, 2300, " How"))
+    plain = kinds(feed_ms(AutoSession(params(), ScriptRecognizer(events), "r"), 3500))
+
+    def run(variant: str) -> list[Outgoing]:
+        session = AutoSession(params(), ScriptRecognizer(events), "r", variants=frozenset({variant}))  # type: ignore[arg-type]
+        return feed_ms(session, 3500)
+
+    assert kinds(run("no_turn_start")) == [k for k in plain if k != "turn.start"]
+    repeated = kinds(run("repeat_updates"))
+    assert repeated.count("turn.update") == 2 * plain.count("turn.update")
+    eager = kinds(run("update_while_eager"))
+    assert eager[eager.index("turn.eager_end") + 1] == "turn.update"
+    assert texts(run("no_leading_space"), "turn.end") == ["Hello there.", "How"]
+    manual = ManualSession(
+        params("manual"), ScriptRecognizer(words((100, 300, "One"))), "r", variants=frozenset({"flush_done_first"})
+    )
+    feed_ms(manual, 400)
+    assert kinds(manual.text("finalize")) == ["flush_done", "transcript"]

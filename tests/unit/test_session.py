@@ -317,6 +317,22 @@ def test_reconnect_replays_the_audio_since_the_last_final_turn() -> None:
     ]
 
 
+def test_seam_adds_no_separator_for_a_provider_that_sends_none() -> None:
+    session = make(replay_margin_ms=0)
+    session.accept(audio(0, b"\1\0" * 1600), 0.0, offset=0)
+    drive(session, 0.2)
+    feed_turn(session, "Zero.", first=True)
+    feed_turn(session, "One.")  # a later turn on the same connection, without a leading space
+    session.on_closed(None)
+    session.reconnect()
+    session.accept(control(1, "end"), 11.0, offset=1)
+    drive(session, 11.5, start=11.0)
+    feed_turn(session, "Two.")
+    session.on_closed(1000)
+    transcripts = records(session.take().outputs, "transcripts")
+    assert transcripts[-1]["transcript"] == "Zero.One.Two."
+
+
 def test_5xx_error_reconnects_4xx_fails_and_reconnects_are_bounded() -> None:
     session = make(max_reconnects=1)
     session.on_message(orjson.dumps({"type": "error", "status_code": 503, "title": "t", "message": "m"}))

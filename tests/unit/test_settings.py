@@ -359,7 +359,7 @@ def test_derived_values() -> None:
     )
     session = settings.session_config()
     assert (session.frame_ms, session.max_lead_ms, session.silence_budget_ms) == (80.0, 250.0, 0.0)
-    assert (session.drain_deadline_s, session.replay_margin_ms, session.max_reconnects) == (30.0, 400.0, 8)
+    assert (session.drain_deadline_s, session.replay_margin_ms, session.max_reconnects) == (30.0, 1500.0, 8)
     assert settings.heartbeat_interval_ms == 1200 and settings.rebalance_timeout_ms == 33000
     assert settings.replace(session_timeout_ms=1000).heartbeat_interval_ms == 500
 
