@@ -5,7 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 KAFKA_PORT ?= 9092
 EMULATOR_PORT ?= 8080
-export KAFKA_PORT EMULATOR_PORT
+# plaintext, sasl_ssl (SCRAM-SHA-512 over TLS, ACLs) or ssl (mutual TLS); secured: client.env in the data dir
+KAFKA_SECURITY ?= plaintext
+export KAFKA_PORT EMULATOR_PORT KAFKA_SECURITY
 
 .PHONY: setup test test-fast lint kafka-up kafka-down kafka-status emulator demo bench clean
 
@@ -37,7 +39,8 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check pipeline tests bench infra
 	$(BIN)/mypy --strict pipeline
 
-## kafka-up / kafka-down: a local single-node KRaft broker on 127.0.0.1:$(KAFKA_PORT) (data in .cache/kafka-data)
+## kafka-up / kafka-down: a local single-node KRaft broker on 127.0.0.1:$(KAFKA_PORT) (data in .cache/kafka-data/<port>);
+## KAFKA_SECURITY=sasl_ssl|ssl: a secured broker, its client settings in .cache/kafka-data/$(KAFKA_PORT)/client.env
 kafka-up: setup
 	bash infra/kafka/kafka.sh up
 

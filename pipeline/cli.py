@@ -25,7 +25,8 @@ def _version() -> str:
 
 
 async def _run_worker(config: Settings) -> int:
-    from pipeline.kafka.topics import TopicSetupError
+    from pipeline.errors import KafkaSetupError
+    from pipeline.kafka.clients import denied
     from pipeline.worker import Worker
 
     stop = asyncio.Event()
@@ -38,8 +39,14 @@ async def _run_worker(config: Settings) -> int:
         metrics.serve(config.metrics_port)
     try:
         await Worker(config).run(stop)
-    except TopicSetupError as exc:
+    except KafkaSetupError as exc:
         print(f"{PROG} worker: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        message = denied(exc, config)
+        if message is None:
+            raise
+        print(f"{PROG} worker: {message}", file=sys.stderr)
         return 2
     return 0
 

@@ -1,7 +1,8 @@
-"""Validation of records against the wire contract, the JSON Schemas in the repository's ``schemas/``.
+"""Validation of records against the wire contract, the JSON Schemas shipped inside the package.
 
-``schemas/`` (the contract's source of truth) sits next to the ``pipeline`` package directory, both in
-a source checkout and in an editable install. Validators are built once per kind, with format checking.
+The repository's top-level ``schemas/`` is the contract's source of truth; ``pipeline/contract_schemas/``
+is its copy, shipped as package data so that an installed wheel validates without the checkout (a test
+keeps the two identical). Validators are built once per kind, with format checking.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from jsonschema import Draft202012Validator  # type: ignore[import-untyped]  # n
 
 SchemaKind = Literal["turn", "transcript", "dead_letter", "checkpoint", "audio_headers"]
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
-"""The directory holding the JSON Schema files."""
+SCHEMA_DIR = Path(__file__).resolve().parent / "contract_schemas"
+"""The directory holding the JSON Schema files (package data, a copy of the repository's ``schemas/``)."""
 
 SCHEMA_FILES: Mapping[SchemaKind, str] = {
     "turn": "turn-event.schema.json",

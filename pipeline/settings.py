@@ -6,6 +6,10 @@ Each field is read from the environment variable named in it (``KAFKA_BOOTSTRAP_
 the default (:meth:`Settings.load`). Invalid values fail at start-up with a :class:`SettingsError` naming
 the variable. Secrets (``SecretStr`` fields) get no flag and never show in reprs, errors or ``--help``;
 the API key can come from a mounted file instead (``CARTESIA_API_KEY_FILE``).
+
+Kafka security (``KAFKA_SECURITY_PROTOCOL``, ``KAFKA_SASL_*``, ``KAFKA_SSL_*``) is one block shared by the
+worker and the tools; :func:`pipeline.kafka.clients.kafka_options` turns it into client options. The SASL
+password (``KAFKA_SASL_PASSWORD``, or a mounted ``KAFKA_SASL_PASSWORD_FILE``) is a secret like the API key.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ import argparse
 import logging
 import os
 import socket
+import ssl
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 from urllib.parse import urlsplit
 
 from annotated_types import Ge, Gt, Le, Lt
@@ -36,6 +41,23 @@ _TOPIC = r"^[A-Za-z0-9._-]{1,249}$"
 _STT_SCHEMES = ("http", "https", "ws", "wss")
 # The consumer's poll interval bound: the worker polls continuously, so this only catches a stuck loop.
 _MAX_POLL_INTERVAL_MS = 300_000
+
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
+KAFKA_SECURITY_FIELDS = (
+    "security_protocol",
+    "sasl_mechanism",
+    "sasl_username",
+    "sasl_password",
+    "sasl_password_file",
+    "sasl_oauth_token_file",
+    "ssl_cafile",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_check_hostname",
+)
+"""The Kafka security block: fields that only make sense together (validated as a whole)."""
 
 
 # Of a record's size budget, what a transcript's text may not use (the rest of the record, batch overhead).
@@ -76,6 +98,34 @@ class Settings(BaseSettings):
 
     bootstrap_servers: str = _setting(
         "127.0.0.1:9092", "KAFKA_BOOTSTRAP_SERVERS", "Kafka bootstrap servers", min_length=1
+    )
+    security_protocol: SecurityProtocol = _setting(
+        "PLAINTEXT", "KAFKA_SECURITY_PROTOCOL", "Kafka security protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+    )
+    sasl_mechanism: SaslMechanism | None = _setting(
+        None,
+        "KAFKA_SASL_MECHANISM",
+        "SASL mechanism (SASL_* protocols): PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER",
+    )
+    sasl_username: str = _setting("", "KAFKA_SASL_USERNAME", "SASL user (PLAIN, SCRAM-*)")
+    sasl_password: SecretStr = _setting(
+        SecretStr(""), "KAFKA_SASL_PASSWORD", "SASL password (PLAIN, SCRAM-*); never logged, no flag"
+    )
+    sasl_password_file: Path | None = _setting(
+        None,
+        "KAFKA_SASL_PASSWORD_FILE",
+        "file holding the SASL password (a mounted secret), instead of KAFKA_SASL_PASSWORD",
+    )
+    sasl_oauth_token_file: Path | None = _setting(
+        None, "KAFKA_SASL_OAUTH_TOKEN_FILE", "file holding the OAUTHBEARER token, re-read whenever it changes"
+    )
+    ssl_cafile: Path | None = _setting(
+        None, "KAFKA_SSL_CAFILE", "CA bundle (PEM) that signs the brokers' certificates (default: the system CAs)"
+    )
+    ssl_certfile: Path | None = _setting(None, "KAFKA_SSL_CERTFILE", "client certificate (PEM) for mTLS")
+    ssl_keyfile: Path | None = _setting(None, "KAFKA_SSL_KEYFILE", "client private key (PEM, unencrypted) for mTLS")
+    ssl_check_hostname: bool = _setting(
+        True, "KAFKA_SSL_CHECK_HOSTNAME", "check that a broker's certificate names the host connected to"
     )
     stt_base_url: str = _setting(
         "https://api.cartesia.ai", "STT_BASE_URL", "STT service base URL (http(s)://, ws(s)://)"
@@ -184,6 +234,7 @@ class Settings(BaseSettings):
     )
 
     _file_key: SecretStr | None = PrivateAttr(None)
+    _file_password: SecretStr | None = PrivateAttr(None)
 
     def __init__(self, **values: Any) -> None:
         """Field names (or variable names) as keywords; unset fields come from ``os.environ``, then defaults."""
@@ -240,7 +291,58 @@ class Settings(BaseSettings):
             if self.api_key.get_secret_value():
                 raise _problem("CARTESIA_API_KEY, CARTESIA_API_KEY_FILE", "both are set; set only one of them")
             self._file_key = SecretStr(_read_key_file(self.api_key_file))
+        self._check_kafka_security()
         return self
+
+    def _check_kafka_security(self) -> None:
+        protocol, mechanism = self.security_protocol, self.sasl_mechanism
+        sasl, tls = protocol.startswith("SASL_"), protocol.endswith("SSL")
+        if sasl and mechanism is None:
+            raise _problem("KAFKA_SASL_MECHANISM", f"must be set with KAFKA_SECURITY_PROTOCOL={protocol}")
+        if not sasl:
+            for field in ("sasl_mechanism", "sasl_username", "sasl_password_file", "sasl_oauth_token_file"):
+                if getattr(self, field):
+                    raise _problem(env_name(field), f"is set but KAFKA_SECURITY_PROTOCOL={protocol} uses no SASL")
+            if self.sasl_password.get_secret_value():
+                raise _problem("KAFKA_SASL_PASSWORD", f"is set but KAFKA_SECURITY_PROTOCOL={protocol} uses no SASL")
+        if not tls:
+            for field in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+                if getattr(self, field) is not None:
+                    raise _problem(env_name(field), f"is set but KAFKA_SECURITY_PROTOCOL={protocol} uses no TLS")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise _problem("KAFKA_SSL_CERTFILE, KAFKA_SSL_KEYFILE", "mTLS needs both; set both or neither")
+        for field in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "sasl_oauth_token_file"):
+            path = getattr(self, field)
+            if path is not None and not os.access(path, os.R_OK):
+                raise _problem(env_name(field), f"cannot read {str(path)!r}")
+        if tls:
+            _check_pem(self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile)
+        if mechanism == "OAUTHBEARER":
+            if self.sasl_oauth_token_file is None:
+                raise _problem("KAFKA_SASL_OAUTH_TOKEN_FILE", "must be set with KAFKA_SASL_MECHANISM=OAUTHBEARER")
+            for field in ("sasl_username", "sasl_password_file"):
+                if getattr(self, field):
+                    raise _problem(env_name(field), "is not used with KAFKA_SASL_MECHANISM=OAUTHBEARER")
+            return
+        if mechanism is None:
+            return
+        if self.sasl_oauth_token_file is not None:
+            raise _problem("KAFKA_SASL_OAUTH_TOKEN_FILE", f"is only used with OAUTHBEARER, not {mechanism}")
+        if not self.sasl_username:
+            raise _problem("KAFKA_SASL_USERNAME", f"must be set with KAFKA_SASL_MECHANISM={mechanism}")
+        if self.sasl_password_file is not None:
+            if self.sasl_password.get_secret_value():
+                raise _problem("KAFKA_SASL_PASSWORD, KAFKA_SASL_PASSWORD_FILE", "both are set; set only one of them")
+            self._file_password = SecretStr(_read_secret_file("KAFKA_SASL_PASSWORD_FILE", self.sasl_password_file))
+        elif not self.sasl_password.get_secret_value():
+            raise _problem(
+                "KAFKA_SASL_PASSWORD", f"KAFKA_SASL_PASSWORD or KAFKA_SASL_PASSWORD_FILE must be set with {mechanism}"
+            )
+
+    def kafka_password(self) -> str:
+        """The effective SASL password: the password file's content, else ``KAFKA_SASL_PASSWORD``."""
+        password = self._file_password if self._file_password is not None else self.sasl_password
+        return password.get_secret_value()
 
     def stt_api_key(self) -> str:
         """The effective STT API key: the key file's content, else ``CARTESIA_API_KEY`` (may be empty)."""
@@ -322,17 +424,36 @@ def _log_level_name(value: str) -> str:
     return name
 
 
+def _check_pem(cafile: Path | None, certfile: Path | None, keyfile: Path | None) -> None:
+    """Load the TLS files once, so that a wrong one fails at start naming its variable."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if cafile is not None:
+        try:
+            context.load_verify_locations(cafile)
+        except ssl.SSLError as exc:
+            raise _problem("KAFKA_SSL_CAFILE", f"{str(cafile)!r} holds no PEM certificate ({exc.reason})") from None
+    if certfile is not None and keyfile is not None:
+        try:
+            context.load_cert_chain(certfile, keyfile)
+        except ssl.SSLError as exc:
+            raise _problem(
+                "KAFKA_SSL_CERTFILE, KAFKA_SSL_KEYFILE", f"not a matching PEM certificate and key ({exc.reason})"
+            ) from None
+
+
 def _read_key_file(path: Path) -> str:
+    return _read_secret_file("CARTESIA_API_KEY_FILE", path)
+
+
+def _read_secret_file(variable: str, path: Path) -> str:
     try:
         key = path.read_text(encoding="utf-8").rstrip("\r\n")
     except OSError as exc:
-        raise _problem(
-            "CARTESIA_API_KEY_FILE", f"cannot read {str(path)!r}: {exc.strerror or type(exc).__name__}"
-        ) from None
+        raise _problem(variable, f"cannot read {str(path)!r}: {exc.strerror or type(exc).__name__}") from None
     except UnicodeDecodeError:
-        raise _problem("CARTESIA_API_KEY_FILE", f"{str(path)!r} is not UTF-8 text") from None
+        raise _problem(variable, f"{str(path)!r} is not UTF-8 text") from None
     if not key:
-        raise _problem("CARTESIA_API_KEY_FILE", f"{str(path)!r} is empty")
+        raise _problem(variable, f"{str(path)!r} is empty")
     return key
 
 

@@ -25,6 +25,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from pipeline import metrics
 from pipeline.commit import CommitBook
 from pipeline.kafka.checkpoints import load_checkpoints
+from pipeline.kafka.clients import kafka_options
 from pipeline.kafka.fetch import CorruptRecord, fetch
 from pipeline.kafka.probe import read_link
 from pipeline.kafka.topics import ensure_topics, topic_limits
@@ -125,8 +126,7 @@ class Worker:
         )
         self._letter_bytes = budget.limit(settings.dead_letter_topic) - LETTER_ENVELOPE_BYTES
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers,
-            client_id=f"{settings.client_id_prefix}-consumer",
+            **kafka_options(settings, "consumer"),
             group_id=settings.group_id,
             group_instance_id=settings.group_instance_id or None,
             enable_auto_commit=False,
@@ -370,7 +370,7 @@ class Worker:
             tp = TopicPartition(settings.audio_topic, partition)
             txns[partition] = PartitionTransactions(settings, tp, settings.sessions_topic)
             await txns[partition].start()
-        loaded = await load_checkpoints(settings.bootstrap_servers, settings.sessions_topic, new)
+        loaded = await load_checkpoints(settings, settings.sessions_topic, new)
         now = time.monotonic()
         limits = FlowLimits(
             settings.fetch_silence_ms,

@@ -24,6 +24,15 @@
 #   KAFKA_LIB_DIR           jar cache dir                                (default .cache/kafka/lib)
 #   KAFKA_CDS=0             disable the class-data-sharing archive (see below)
 #   MVN                     maven executable                             (default mvn)
+#   KAFKA_SECURITY          plaintext, sasl_ssl or ssl                   (default plaintext)
+#   STT_TOPIC_PARTITIONS    partitions of the topics a secured broker creates (default 6)
+#
+# Secured brokers (KAFKA_SECURITY=sasl_ssl: SCRAM-SHA-512 over TLS; ssl: mutual TLS) get a fresh data dir
+# on every `up`: their own CA and broker certificate (openssl), SCRAM users `admin` (super user) and
+# `stt-worker` created at format time, StandardAuthorizer, the worker's topics created and exactly the
+# worker's documented ACLs granted to `stt-worker` (infra/kafka/SecureSetup.java, Kafka's Admin API). The
+# controller listener is TLS with client certificates (broker only). Client settings for `stt-worker`
+# are written to $KAFKA_DATA_DIR/client.env (NAME=value lines, absolute paths; sourceable).
 #
 # Start-up speed: the first broker that runs (and is stopped cleanly) dumps a dynamic AppCDS archive of
 # the loaded classes into .cache/kafka/cds/; later starts map it, which cuts JVM class loading (roughly
@@ -48,6 +57,12 @@ KAFKA_STOP_TIMEOUT="${KAFKA_STOP_TIMEOUT:-30}"
 KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms128m -Xmx512m}"
 KAFKA_JVM_OPTS="${KAFKA_JVM_OPTS:-}"
 KAFKA_EXTRA_PROPERTIES="${KAFKA_EXTRA_PROPERTIES:-}"
+KAFKA_SECURITY="${KAFKA_SECURITY:-plaintext}"
+STT_TOPIC_PARTITIONS="${STT_TOPIC_PARTITIONS:-6}"
+# The worker's default names (pipeline/settings.py): its topics, group and transactional-id prefix.
+WORKER_TOPICS=(stt.audio stt.turns stt.transcripts stt.sessions stt.dead-letter)
+WORKER_GROUP="stt-pipeline"
+WORKER_TXN_PREFIX="stt-pipeline.stt-pipeline."
 
 # Marker that lets `down` (KAFKA_CLEAN=1) remove only directories this script populated.
 DATA_MARKER=".stt-pipeline-kafka-data"
@@ -71,6 +86,8 @@ abs_data_dir() {
     STDOUT_LOG="$KAFKA_DATA_DIR/kafka.out"
     LOG_DIRS="$KAFKA_DATA_DIR/kraft-combined-logs"
     CDS_PENDING="$KAFKA_DATA_DIR/cds.pending"
+    CERTS="$KAFKA_DATA_DIR/certs"
+    CLIENT_ENV="$KAFKA_DATA_DIR/client.env"
 }
 
 # Paths without creating anything (for status/down on a dir that may not exist).
@@ -173,11 +190,7 @@ write_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+$(listener_config)
 log.dirs=$LOG_DIRS
 
 num.partitions=1
@@ -238,6 +251,125 @@ logger.config.level = WARN
 EOF
 }
 
+listener_config() {
+    local ports="//127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT"
+    case "$KAFKA_SECURITY" in
+    plaintext)
+        cat <<EOF
+listeners=PLAINTEXT:$ports
+advertised.listeners=PLAINTEXT:$ports
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+EOF
+        ;;
+    sasl_ssl | ssl)
+        local protocol=SASL_SSL
+        [[ "$KAFKA_SECURITY" == ssl ]] && protocol=SSL
+        cat <<EOF
+listeners=SECURE:$ports
+advertised.listeners=SECURE:$ports
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=SECURE
+listener.security.protocol.map=CONTROLLER:SSL,SECURE:$protocol
+ssl.keystore.type=PEM
+ssl.keystore.location=$CERTS/kafka-broker.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$CERTS/ca.pem
+ssl.principal.mapping.rules=RULE:^CN=([^,]+)\$/\$1/,DEFAULT
+listener.name.controller.ssl.client.auth=required
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:admin;User:kafka-broker
+allow.everyone.if.no.acl.found=false
+EOF
+        if [[ "$protocol" == SASL_SSL ]]; then
+            cat <<EOF
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.secure.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="$ADMIN_PASSWORD";
+EOF
+        else
+            echo "listener.name.secure.ssl.client.auth=required"
+        fi
+        ;;
+    *) die "KAFKA_SECURITY must be plaintext, sasl_ssl or ssl, got '$KAFKA_SECURITY'" ;;
+    esac
+}
+
+new_secret() { head -c 24 /dev/urandom | base64 | tr -d '/+=\n'; }
+
+# A CA, the broker's certificate (127.0.0.1 and localhost) and client certificates for admin and stt-worker.
+make_certs() {
+    rm -rf "$CERTS"
+    mkdir -p "$CERTS"
+    chmod 700 "$CERTS"
+    local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+    openssl req -x509 "${ec[@]}" -keyout "$CERTS/ca.key" -out "$CERTS/ca.pem" -days 30 \
+        -subj "/CN=stt-pipeline test CA" -addext "basicConstraints=critical,CA:TRUE" \
+        -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+    local name
+    for name in kafka-broker admin stt-worker; do
+        openssl req "${ec[@]}" -keyout "$CERTS/$name.key" -out "$CERTS/$name.csr" -subj "/CN=$name" 2>/dev/null
+        openssl x509 -req -in "$CERTS/$name.csr" -CA "$CERTS/ca.pem" -CAkey "$CERTS/ca.key" -CAcreateserial \
+            -days 30 -out "$CERTS/$name.crt" \
+            -extfile <(printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n') 2>/dev/null
+        # Kafka's PEM key store: an unencrypted PKCS#8 key and its certificate in one file.
+        openssl pkcs8 -topk8 -nocrypt -in "$CERTS/$name.key" -out "$CERTS/$name.p8"
+        cat "$CERTS/$name.p8" "$CERTS/$name.crt" >"$CERTS/$name.pem"
+        rm -f "$CERTS/$name.csr"
+    done
+    chmod 600 "$CERTS"/*
+}
+
+# Admin client properties (for SecureSetup.java) and the stt-worker client settings (client.env).
+write_client_files() {
+    local admin="$KAFKA_DATA_DIR/admin.properties"
+    {
+        echo "bootstrap.servers=127.0.0.1:$KAFKA_PORT"
+        echo "ssl.truststore.type=PEM"
+        echo "ssl.truststore.location=$CERTS/ca.pem"
+        if [[ "$KAFKA_SECURITY" == sasl_ssl ]]; then
+            echo "security.protocol=SASL_SSL"
+            echo "sasl.mechanism=SCRAM-SHA-512"
+            echo "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username=\"admin\" password=\"$ADMIN_PASSWORD\";"
+        else
+            echo "security.protocol=SSL"
+            echo "ssl.keystore.type=PEM"
+            echo "ssl.keystore.location=$CERTS/admin.pem"
+        fi
+    } >"$admin"
+    chmod 600 "$admin"
+    {
+        echo "KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$KAFKA_PORT"
+        if [[ "$KAFKA_SECURITY" == sasl_ssl ]]; then
+            echo "KAFKA_SECURITY_PROTOCOL=SASL_SSL"
+            echo "KAFKA_SASL_MECHANISM=SCRAM-SHA-512"
+            echo "KAFKA_SASL_USERNAME=stt-worker"
+            echo "KAFKA_SASL_PASSWORD=$WORKER_PASSWORD"
+        else
+            echo "KAFKA_SECURITY_PROTOCOL=SSL"
+            echo "KAFKA_SSL_CERTFILE=$CERTS/stt-worker.crt"
+            echo "KAFKA_SSL_KEYFILE=$CERTS/stt-worker.key"
+        fi
+        echo "KAFKA_SSL_CAFILE=$CERTS/ca.pem"
+    } >"$CLIENT_ENV"
+    chmod 600 "$CLIENT_ENV"
+}
+
+# Topics and the stt-worker ACLs, then client.env (written last: its presence means the broker is usable).
+secure_setup() {
+    write_client_files
+    local out
+    if ! out="$(java -Xmx256m -XX:TieredStopAtLevel=1 -Xshare:auto -Dlog4j2.configurationFile="$LOG4J_CONF" \
+        -cp "$LIB_DIR/*" "$SCRIPT_DIR/SecureSetup.java" "$KAFKA_DATA_DIR/admin.properties" User:stt-worker \
+        "$WORKER_GROUP" "$WORKER_TXN_PREFIX" "$STT_TOPIC_PARTITIONS" "${WORKER_TOPICS[@]}" 2>&1)"; then
+        printf '%s\n' "$out" >&2
+        rm -f "$CLIENT_ENV"
+        die "creating topics and ACLs failed"
+    fi
+    log "$out"
+}
+
 format_storage() {
     if [[ -f "$LOG_DIRS/meta.properties" ]]; then
         return 0
@@ -248,10 +380,15 @@ format_storage() {
     if [[ "$KAFKA_CDS" == "1" && -s "$archive" ]]; then
         share_opts="-XX:SharedArchiveFile=$archive -Xlog:cds=off -Xlog:cds+dynamic=off"
     fi
+    local scram=()
+    if [[ "$KAFKA_SECURITY" == sasl_ssl ]]; then
+        scram=(--add-scram "SCRAM-SHA-512=[name=admin,password=$ADMIN_PASSWORD]"
+            --add-scram "SCRAM-SHA-512=[name=stt-worker,password=$WORKER_PASSWORD]")
+    fi
     # shellcheck disable=SC2086
     if ! out="$(java -Xmx256m -XX:TieredStopAtLevel=1 $share_opts -Dlog4j2.configurationFile="$LOG4J_CONF" \
         -cp "$LIB_DIR/*" kafka.tools.StorageTool format --cluster-id "$cid" --config "$SERVER_PROPS" \
-        --standalone 2>&1)"; then
+        --standalone "${scram[@]}" 2>&1)"; then
         printf '%s\n' "$out" >&2
         die "storage format failed"
     fi
@@ -325,8 +462,16 @@ cmd_up() {
     done
 
     touch "$KAFKA_DATA_DIR/$DATA_MARKER"
+    if [[ "$KAFKA_SECURITY" != plaintext ]]; then
+        # A secured broker: fresh storage, certificates and passwords on every start.
+        rm -rf "$LOG_DIRS" "$CLIENT_ENV"
+        ADMIN_PASSWORD="$(new_secret)"
+        WORKER_PASSWORD="$(new_secret)"
+        make_certs
+    fi
     mkdir -p "$LOG_DIRS"
     write_config
+    chmod 600 "$SERVER_PROPS"
     format_storage
 
     # Only log lines written by this start count for readiness.
@@ -374,6 +519,7 @@ cmd_up() {
         fi
         sleep 0.2
     done
+    if [[ "$KAFKA_SECURITY" != plaintext ]]; then secure_setup; fi
     local t_end
     t_end="$(now_ms)"
     printf 'kafka.sh: broker up on 127.0.0.1:%s (controller %s, pid %s) in %d.%03ds (JVM start to ready %d.%03ds), data dir %s\n' \

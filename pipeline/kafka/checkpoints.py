@@ -15,17 +15,19 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.contract import Checkpoint
 from pipeline.errors import ContractError
+from pipeline.kafka.clients import kafka_options
+from pipeline.settings import Settings
 
 
 async def load_checkpoints(
-    bootstrap_servers: str, topic: str, partitions: list[int], timeout_s: float = 60.0
+    settings: Settings, topic: str, partitions: list[int], timeout_s: float = 60.0
 ) -> dict[int, dict[str, Checkpoint]]:
     """``{partition: {session_id: checkpoint}}`` as of the end of each partition."""
     result: dict[int, dict[str, Checkpoint]] = {p: {} for p in partitions}
     if not partitions:
         return result
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
+        **kafka_options(settings, "checkpoints"),
         enable_auto_commit=False,
         isolation_level="read_committed",
         auto_offset_reset="earliest",

@@ -9,6 +9,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import for_code
 
 from pipeline.errors import KafkaSetupError
+from pipeline.kafka.clients import KafkaAuthError, diagnose, kafka_options
 from pipeline.settings import Settings
 
 log = logging.getLogger("pipeline.kafka.topics")
@@ -37,11 +38,15 @@ def wanted_topics(config: Settings) -> list[NewTopic]:
 
 async def ensure_topics(config: Settings) -> list[str]:
     """Create the missing topics; returns the names created. Raises :class:`TopicSetupError`."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=config.bootstrap_servers, client_id="stt-pipeline-admin")
+    admin = AIOKafkaAdminClient(**kafka_options(config, "admin"))
     try:
         await admin.start()
     except Exception as exc:
-        raise TopicSetupError(f"cannot reach Kafka at {config.bootstrap_servers}: {exc!r}") from exc
+        await admin.close()
+        problem = await diagnose(config)
+        if isinstance(problem, KafkaAuthError):
+            raise problem from exc
+        raise TopicSetupError(str(problem)) from exc
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in wanted_topics(config) if t.name not in existing]
@@ -74,7 +79,7 @@ async def topic_limits(config: Settings) -> dict[str, int]:
     A topic whose limit cannot be read is left out; the budget then assumes the broker's default.
     """
     topics = [config.turns_topic, config.transcripts_topic, config.dead_letter_topic, config.sessions_topic]
-    admin = AIOKafkaAdminClient(bootstrap_servers=config.bootstrap_servers, client_id="stt-pipeline-admin")
+    admin = AIOKafkaAdminClient(**kafka_options(config, "admin"))
     limits: dict[str, int] = {}
     try:
         await admin.start()

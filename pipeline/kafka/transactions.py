@@ -31,6 +31,7 @@ from aiokafka.errors import (
 
 from pipeline.commit import CommitPlan, OutRecord
 from pipeline.errors import DeliveryError
+from pipeline.kafka.clients import kafka_options
 
 if TYPE_CHECKING:
     from pipeline.settings import Settings
@@ -75,8 +76,7 @@ class PartitionTransactions:
     async def start(self) -> None:
         settings = self.settings
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers,
-            client_id=f"{settings.client_id_prefix}-txn-{self.input_tp.partition}",
+            **kafka_options(settings, f"txn-{self.input_tp.partition}"),
             transactional_id=self.transactional_id,
             enable_idempotence=True,
             acks="all",

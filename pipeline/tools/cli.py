@@ -40,10 +40,12 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-def _settings(command: str) -> Settings | None:
-    """The worker's settings from the environment (None, after saying why, if they are invalid)."""
+def _settings(command: str, bootstrap: str | None) -> Settings | None:
+    """The worker's settings from the environment, ``--bootstrap`` applied (None, after saying why, if
+    they are invalid). The Kafka security variables are the worker's: see :mod:`pipeline.settings`."""
     try:
-        return Settings.load()
+        settings = Settings.load()
+        return settings if bootstrap is None else settings.replace(bootstrap_servers=bootstrap)
     except SettingsError as exc:
         _error(command, f"invalid setting {exc}")
         return None
@@ -156,7 +158,7 @@ def run_produce(args: argparse.Namespace) -> int:
     if args.chunk_ms <= 0 or args.pause_ms <= 0:
         _error("produce", "--chunk-ms and --pause-ms must be > 0")
         return EXIT_USAGE
-    settings = _settings("produce")
+    settings = _settings("produce", args.bootstrap)
     if settings is None:
         return EXIT_USAGE
     topic = args.topic or settings.audio_topic
@@ -165,7 +167,7 @@ def run_produce(args: argparse.Namespace) -> int:
         _run(
             produce_file(
                 args.file,
-                bootstrap=args.bootstrap or settings.bootstrap_servers,
+                bootstrap=settings,
                 topic=topic,
                 session_id=args.session,
                 encoding=args.encoding,
@@ -204,7 +206,7 @@ def run_tail(args: argparse.Namespace) -> int:
     from aiokafka.errors import KafkaError
 
     _quiet_aiokafka()
-    settings = _settings("tail")
+    settings = _settings("tail", args.bootstrap)
     if settings is None:
         return EXIT_USAGE
     topic = settings.transcripts_topic if args.transcripts else args.topic or settings.turns_topic
@@ -222,7 +224,7 @@ def run_tail(args: argparse.Namespace) -> int:
     try:
         reached = _run(
             tail(
-                args.bootstrap or settings.bootstrap_servers,
+                settings,
                 topic,
                 renderer=renderer,
                 output=output,

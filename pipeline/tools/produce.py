@@ -17,12 +17,15 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, TextIO
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TextIO
 
 import numpy as np
 
 from pipeline.audio import Encoding, bytes_per_sample, convert, decode, frame_bytes
 from pipeline.records import MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+
+if TYPE_CHECKING:
+    from pipeline.settings import Settings
 
 Endpoint = Literal["auto", "manual"]
 
@@ -181,7 +184,7 @@ ProgressCallback = Callable[[float, float], None]
 
 
 async def produce_audio(
-    bootstrap: str,
+    bootstrap: str | Settings,
     topic: str,
     session_id: str,
     pcm: bytes,
@@ -204,12 +207,16 @@ async def produce_audio(
 ) -> int:
     """Publish ``pcm`` as session ``session_id``; returns the number of records sent.
 
+    ``bootstrap``: the Kafka connection, as :class:`Settings` (security included) or a plaintext bootstrap.
+
     ``progress(sent_s, total_s)`` is called after each audio chunk. If ``stop`` gets set, streaming
     stops early and (with ``end``) the ``end`` record still goes out, so the session closes cleanly.
     Raises :class:`TopicNotFound` if ``topic`` does not appear within ``topic_timeout_s``.
     """
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import UnknownTopicOrPartitionError
+
+    from pipeline.kafka.clients import connection, kafka_options
 
     plan = plan_records(
         pcm,
@@ -228,12 +235,7 @@ async def produce_audio(
     frame = bytes_per_sample(encoding) * channels
     total_s = len(pcm) / frame / sample_rate
     key = session_id.encode("utf-8")
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        enable_idempotence=True,
-        acks="all",
-        client_id="stt-pipeline-produce",
-    )
+    producer = AIOKafkaProducer(**kafka_options(connection(bootstrap), "produce"), enable_idempotence=True, acks="all")
     await producer.start()
     try:
         # The realtime clock starts once the topic's metadata is in, i.e. when sending can.
@@ -321,7 +323,7 @@ class ProgressBar:
 async def produce_file(
     path: str | Path,
     *,
-    bootstrap: str,
+    bootstrap: str | Settings,
     topic: str,
     session_id: str,
     encoding: Encoding | None = None,

@@ -12,9 +12,12 @@ import shutil
 import sys
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
+
+if TYPE_CHECKING:
+    from pipeline.settings import Settings
 
 ERASE_LINE = "\r\x1b[K"
 CURSOR_UP = "\x1b[A"
@@ -231,7 +234,7 @@ class TerminalOutput:
 
 
 async def tail(
-    bootstrap: str,
+    bootstrap: str | Settings,
     topic: str,
     *,
     renderer: TurnRenderer,
@@ -248,16 +251,17 @@ async def tail(
     """
     from aiokafka import AIOKafkaConsumer
 
+    from pipeline.kafka.clients import connection, kafka_options
+
     consumer = AIOKafkaConsumer(
         topic,
-        bootstrap_servers=bootstrap,
+        **kafka_options(connection(bootstrap), "tail"),
         group_id=None,
         enable_auto_commit=False,
         isolation_level="read_committed",
         auto_offset_reset="earliest" if from_beginning else "latest",
         # Notice a topic created after we started (the worker creates them) within seconds.
         metadata_max_age_ms=3000,
-        client_id="stt-pipeline-tail",
     )
     loop = asyncio.get_running_loop()
     deadline = None if timeout_s is None else loop.time() + timeout_s

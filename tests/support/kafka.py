@@ -79,7 +79,11 @@ class KafkaBroker:
         controller_port: int | None = None,
         data_dir: Path | None = None,
         start_timeout_s: int = 120,
+        security: str = "plaintext",
+        topic_partitions: int = 2,
     ) -> None:
+        """``security``: plaintext, sasl_ssl or ssl (kafka.sh ``KAFKA_SECURITY``); a secured broker creates the
+        worker's default topics with ``topic_partitions`` and writes ``client.env`` (see :meth:`client_env`)."""
         if port is None or controller_port is None:
             p, c = free_ports(2)
             port = port if port is not None else p
@@ -89,6 +93,8 @@ class KafkaBroker:
         self._owns_data_dir = data_dir is None
         self.data_dir = data_dir if data_dir is not None else Path(tempfile.mkdtemp(prefix="stt-kafka-"))
         self.start_timeout_s = start_timeout_s
+        self.security = security
+        self.topic_partitions = topic_partitions
         self.managed = True
         self.last_start_seconds: float | None = None
         self._running = False
@@ -106,6 +112,8 @@ class KafkaBroker:
         broker._owns_data_dir = False
         broker.data_dir = Path()
         broker.start_timeout_s = 0
+        broker.security = "plaintext"
+        broker.topic_partitions = 0
         broker.managed = False
         broker.last_start_seconds = None
         broker._running = True
@@ -119,6 +127,11 @@ class KafkaBroker:
             return self._external_bootstrap
         return f"127.0.0.1:{self.port}"
 
+    def client_env(self) -> dict[str, str]:
+        """A secured broker's client settings for the ``stt-worker`` user (the ``KAFKA_*`` variables)."""
+        lines = (self.data_dir / "client.env").read_text().splitlines()
+        return dict(line.split("=", 1) for line in lines if "=" in line)
+
     @property
     def server_log(self) -> Path:
         return self.data_dir / "server.log"
@@ -131,6 +144,8 @@ class KafkaBroker:
             KAFKA_CONTROLLER_PORT=str(self.controller_port),
             KAFKA_DATA_DIR=str(self.data_dir),
             KAFKA_START_TIMEOUT=str(self.start_timeout_s),
+            KAFKA_SECURITY=self.security,
+            STT_TOPIC_PARTITIONS=str(self.topic_partitions),
         )
         env.update(extra)
         return env

@@ -32,5 +32,16 @@ def kafka_broker() -> Iterator[KafkaBroker]:
 
 
 @pytest.fixture(scope="session")
+def secured_kafka() -> Iterator[KafkaBroker]:
+    """A SASL_SSL (SCRAM-SHA-512) broker with ACLs, started only for the tests that ask for it."""
+    broker = KafkaBroker(security="sasl_ssl")
+    try:
+        broker.start()
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
 def kafka_bootstrap(kafka_broker: KafkaBroker) -> str:
     return kafka_broker.bootstrap

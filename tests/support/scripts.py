@@ -26,7 +26,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from pipeline.audio import Encoding, bytes_per_sample
 from pipeline.emulator.engines.tones import synthesize
+from pipeline.kafka.clients import connection, kafka_options
 from pipeline.schemas import validate
+from pipeline.settings import Settings
 
 # The vocabulary of test scripts (any word of the tones alphabet decodes exactly; these read well).
 WORDS: Final = (  # noqa: SIM905
@@ -210,11 +212,14 @@ class Collector:
 
 
 async def read_topic(
-    bootstrap: str, topic: str, *, until: Callable[[list[dict[str, Any]]], bool], limit_s: float = 120.0
+    bootstrap: str | Settings, topic: str, *, until: Callable[[list[dict[str, Any]]], bool], limit_s: float = 120.0
 ) -> list[dict[str, Any]]:
     """Read a topic from the beginning (read_committed) until ``until(records)`` holds; keys must be session ids."""
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", isolation_level="read_committed"
+        topic,
+        **kafka_options(connection(bootstrap), "test-reader"),
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
     )
     await consumer.start()
     records: list[dict[str, Any]] = []

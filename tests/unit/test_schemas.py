@@ -140,10 +140,14 @@ def test_every_kind_has_a_schema_file_that_is_a_valid_2020_12_schema() -> None:
         Draft202012Validator.check_schema(schema)
 
 
-def test_schema_dir_is_next_to_the_package() -> None:
+def test_packaged_schemas_are_the_repository_schemas() -> None:
     import pipeline
 
-    assert Path(pipeline.__file__).resolve().parent.parent / "schemas" == SCHEMA_DIR
+    assert Path(pipeline.__file__).resolve().parent / "contract_schemas" == SCHEMA_DIR
+    source = Path(__file__).resolve().parents[2] / "schemas"
+    assert sorted(p.name for p in SCHEMA_DIR.iterdir()) == sorted(p.name for p in source.iterdir())
+    for path in source.iterdir():
+        assert (SCHEMA_DIR / path.name).read_bytes() == path.read_bytes(), f"copy schemas/{path.name} to {SCHEMA_DIR}"
 
 
 def test_validators_are_cached() -> None:
