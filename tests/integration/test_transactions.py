@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from pipeline.kafka.transactions import Fenced, PartitionTransactions
+from pipeline.commit import CommitBook, OutRecord
+from pipeline.contract import Checkpoint
+from pipeline.kafka.transactions import Fenced, PartitionTransactions, RecordsRefused, TransactionFailed
+from pipeline.settings import Settings
+from tests.unit.test_schemas import VALID_CHECKPOINT
 
 pytestmark = pytest.mark.kafka
 
@@ -42,64 +47,111 @@ async def committed_values(bootstrap: str, topic: str, expect: int) -> list[dict
     return out
 
 
-async def test_cancelled_transaction_keeps_its_records_for_the_next_one(kafka_bootstrap: str) -> None:
+def book_for(inp: str, sessions: str) -> CommitBook:
+    return CommitBook.resumed(0, sessions, 0, {})
+
+
+def settings_for(bootstrap: str, group: str, **changes: object) -> Settings:
+    return Settings.load(env={}).replace(bootstrap_servers=bootstrap, group_id=group, **changes)
+
+
+def out(topic: str, n: object, key: str = "k") -> OutRecord:
+    return OutRecord(topic, key, orjson.dumps({"n": n}))
+
+
+async def test_a_cancelled_transaction_keeps_its_records_for_the_next_one(kafka_bootstrap: str) -> None:
     tag = uuid.uuid4().hex[:8]
-    out, inp = f"out-{tag}", f"in-{tag}"
-    await topics(kafka_bootstrap, out, inp)
-    txn = PartitionTransactions(kafka_bootstrap, f"g-{tag}", TopicPartition(inp, 0))
+    topic, inp, sessions = f"out-{tag}", f"in-{tag}", f"ses-{tag}"
+    await topics(kafka_bootstrap, topic, inp, sessions)
+    txn = PartitionTransactions(settings_for(kafka_bootstrap, f"g-{tag}"), TopicPartition(inp, 0), sessions)
+    book = book_for(inp, sessions)
     await txn.start()
     try:
-        acks = txn.add([(out, "k", {"n": 1}), (out, "k", {"n": 2})])
-        producer = txn._producer
-        assert producer is not None
-        real_commit = producer.commit_transaction
-        entered = asyncio.Event()
-
-        async def hang() -> None:
-            entered.set()
-            await asyncio.Event().wait()
-
-        producer.commit_transaction = hang  # type: ignore[method-assign]  # stop it mid-transaction
-        task = asyncio.create_task(txn.commit(lambda: (None, [])))
-        await entered.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        producer.commit_transaction = real_commit  # type: ignore[method-assign]
-        assert txn.pending == 2 and not acks.done.done()
+        book.add([out(topic, 1), out(topic, 2)])
+        for delay in (0.0, 0.001, 0.005, 0.02):  # cancel at different points of the transaction
+            plan = book.plan()
+            task = asyncio.create_task(txn.commit(plan))
+            await asyncio.sleep(delay)
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                book.failed(plan)  # what the worker does with any interrupted plan
+                continue
+            book.committed(plan)
+            break
         for _ in range(5):
-            if await txn.commit(lambda: (5, [])) is not None:
-                break
-        await asyncio.wait_for(acks.done, 10)
-        assert await committed_values(kafka_bootstrap, out, 2) == [{"n": 1}, {"n": 2}]
+            plan = book.plan()
+            try:
+                await txn.commit(plan)
+            except TransactionFailed:
+                book.failed(plan)
+                continue
+            book.committed(plan)
+            break
+        assert book.pending == 0
+        assert await committed_values(kafka_bootstrap, topic, 2) == [{"n": 1}, {"n": 2}]
+    finally:
+        await txn.stop()
+
+
+async def test_a_record_kafka_refuses_is_named_and_the_others_commit(kafka_bootstrap: str) -> None:
+    """A record over the producer's request size would fail every retry of its partition's transaction;
+    the transaction names it, and the worker quarantines it so the others go through."""
+    tag = uuid.uuid4().hex[:8]
+    topic, inp, sessions = f"out-{tag}", f"in-{tag}", f"ses-{tag}"
+    await topics(kafka_bootstrap, topic, inp, sessions)
+    settings = settings_for(kafka_bootstrap, f"g-{tag}", max_request_size=200_000)
+    txn = PartitionTransactions(settings, TopicPartition(inp, 0), sessions)
+    book = book_for(inp, sessions)
+    await txn.start()
+    try:
+        book.add([out(topic, 1), OutRecord(topic, "k", b'"' + b"x" * 300_000 + b'"'), out(topic, 3)])
+        plan = book.plan()
+        with pytest.raises(RecordsRefused) as refused:
+            await txn.commit(plan)
+        assert set(refused.value.refused) == {1}
+        assert [r.value for r in book.failed(plan, quarantine=refused.value.refused)] == [plan.records[1].value]
+        plan = book.plan()
+        await txn.commit(plan)
+        book.committed(plan)
+        assert await committed_values(kafka_bootstrap, topic, 2) == [{"n": 1}, {"n": 3}]
     finally:
         await txn.stop()
 
 
 async def test_outputs_checkpoints_and_offset_commit_together_and_a_new_owner_fences(kafka_bootstrap: str) -> None:
     tag = uuid.uuid4().hex[:8]
-    out, inp, sessions = f"out-{tag}", f"in-{tag}", f"ses-{tag}"
-    await topics(kafka_bootstrap, out, inp, sessions)
+    topic, inp, sessions = f"out-{tag}", f"in-{tag}", f"ses-{tag}"
+    await topics(kafka_bootstrap, topic, inp, sessions)
     group = f"g-{tag}"
-    first = PartitionTransactions(kafka_bootstrap, group, TopicPartition(inp, 0))
+    settings = settings_for(kafka_bootstrap, group)
+    first = PartitionTransactions(settings, TopicPartition(inp, 0), sessions)
+    book = book_for(inp, sessions)
     await first.start()
-    first.add([(out, "s", {"n": 1})])
-    done = await first.commit(lambda: (7, [(sessions, "s", {"checkpoint": 1})]))
-    assert done == [(sessions, "s", {"checkpoint": 1})]
-    assert await committed_values(kafka_bootstrap, sessions, 1) == [{"checkpoint": 1}]
+    checkpoint = Checkpoint.from_json(VALID_CHECKPOINT)
+    book.add([out(topic, 1, key=checkpoint.session_id)], replace(checkpoint, resume_offset=7))
+    for offset in range(8):
+        book.consumed(offset)
+    plan = book.plan()
+    assert plan.offset == 7 and [c for _, c in plan.checkpoints] == [replace(checkpoint, resume_offset=7)]
+    await first.commit(plan)
+    book.committed(plan)
+    stored = await committed_values(kafka_bootstrap, sessions, 1)
+    assert [Checkpoint.from_json(orjson.dumps(c)) for c in stored] == [replace(checkpoint, resume_offset=7)]
     consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group)
     await consumer.start()
     try:
         assert await consumer.committed(TopicPartition(inp, 0)) == 7
     finally:
         await consumer.stop()
-    second = PartitionTransactions(kafka_bootstrap, group, TopicPartition(inp, 0))
+    second = PartitionTransactions(settings, TopicPartition(inp, 0), sessions)
     await second.start()  # the next owner of the partition
     try:
-        first.add([(out, "s", {"n": "zombie"})])
+        book.add([out(topic, "zombie")])
         with pytest.raises(Fenced):
-            await first.commit(lambda: (8, []))
-        assert await committed_values(kafka_bootstrap, out, 1) == [{"n": 1}]
+            await first.commit(book.plan())
+        assert await committed_values(kafka_bootstrap, topic, 1) == [{"n": 1}]
     finally:
         await first.stop()
         await second.stop()
