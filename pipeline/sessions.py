@@ -22,7 +22,7 @@ from websockets.asyncio.client import ClientConnection
 
 from pipeline import metrics
 from pipeline.commit import CommitBook, OutRecord
-from pipeline.contract import TranscriptRecord
+from pipeline.contract import Checkpoint, TranscriptRecord
 from pipeline.records import AudioFormat, InputMessage
 from pipeline.runner import SessionRunner
 from pipeline.session import Resume, Session, SessionConfig, Taken
@@ -222,6 +222,22 @@ class SessionTable:
                 continue
             self.hand_over(current, session.take())
             current.runner.notify()
+
+    def truncate_dormant(self, partition: int, checkpoint: Checkpoint | None) -> None:
+        """A session checkpointed open that got no input since a restart: end it ``truncated`` from its
+        checkpoint (its `end` was probably lost), publishing its records and finished checkpoint."""
+        if checkpoint is None or checkpoint.status != "open":
+            return
+        session = Session(
+            checkpoint.session_id,
+            checkpoint.format,
+            first_offset=checkpoint.resume_offset,
+            config=self.session_config,
+            wall_ms=wall_ms,
+            resume=Resume.from_checkpoint(checkpoint),
+        )
+        session.truncate("idle_timeout", "no input after a restart (lost `end`?)")
+        self.add_taken(partition, session, session.take())
 
     # -- reading ---------------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from pydantic_settings.sources.utils import parse_env_vars
 from pipeline.session import DEFAULT_REPLAY_MARGIN_MS
 
 if TYPE_CHECKING:
+    from pipeline.partition import FlowLimits
     from pipeline.session import SessionConfig
 
 _TOPIC = r"^[A-Za-z0-9._-]{1,249}$"
@@ -384,6 +385,17 @@ class Settings(BaseSettings):
             replay_margin_ms=self.replay_margin_ms,
             max_reconnects=self.max_reconnects,
             max_text_bytes=self.max_request_size - TEXT_ENVELOPE_BYTES,
+        )
+
+    def flow_limits(self) -> FlowLimits:
+        from pipeline.partition import FlowLimits
+
+        return FlowLimits(
+            fetch_silence_ms=self.fetch_silence_ms,
+            recovery_grace_s=self.recovery_grace_s,
+            lag_threshold=self.lag_threshold,
+            pause_high_bytes=self.pause_high_bytes,
+            pause_low_bytes=self.pause_low_bytes,
         )
 
     @property

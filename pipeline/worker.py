@@ -25,40 +25,32 @@ from aiokafka.abc import ConsumerRebalanceListener
 from pipeline import metrics
 from pipeline.commit import CommitBook
 from pipeline.kafka.checkpoints import load_checkpoints
-from pipeline.kafka.clients import kafka_options
+from pipeline.kafka.clients import worker_consumer
 from pipeline.kafka.fetch import CorruptRecord, fetch
 from pipeline.kafka.probe import read_link
 from pipeline.kafka.topics import ensure_topics, topic_limits
-from pipeline.kafka.transactions import Fenced, PartitionTransactions, RecordsRefused
-from pipeline.letters import LETTER_ENVELOPE_BYTES, corrupt_letter, dead_letter_record, quarantine_letter
+from pipeline.kafka.transactions import PartitionTransactions
+from pipeline.letters import LETTER_ENVELOPE_BYTES, corrupt_letter, dead_letter_record
 from pipeline.limits import SizeBudget
-from pipeline.partition import FlowAction, FlowLimits, Partition, PartitionState
+from pipeline.owned import Outcome, OwnedPartition
+from pipeline.partition import FlowAction, Partition
 from pipeline.records import InputLimits, Rejected, parse
 from pipeline.redact import scrub
 from pipeline.router import Decision, Router
-from pipeline.session import Resume, Session
-from pipeline.sessions import Connect, OpenSession, SessionTable, wall_ms
+from pipeline.session import Resume
+from pipeline.sessions import Connect, OpenSession, SessionTable
 from pipeline.settings import TEXT_ENVELOPE_BYTES, Settings
-from pipeline.snapshot import Counters, PartitionSnapshot, WorkerSnapshot
-from pipeline.stt.client import open_socket
+from pipeline.snapshot import Counters, WorkerSnapshot
+from pipeline.stt.client import connector
 
 log = logging.getLogger("pipeline.worker")
-
-
-class _Owned:
-    """An assigned input partition: its state machine, commit book, producer and dormant checkpoints."""
-
-    def __init__(self, tp: TopicPartition, state: Partition, book: CommitBook, txn: PartitionTransactions) -> None:
-        self.tp, self.state, self.book, self.txn = tp, state, book, txn
-        self.committing_since: float | None = None  # a transaction is in flight since
-        self.dormant: dict[str, float] = {}  # open checkpoints not resumed since the assignment → since
 
 
 class Worker:
     def __init__(self, settings: Settings, *, connect: Connect | None = None) -> None:
         self.settings = settings
         self.counters = Counters()
-        self._parts: dict[int, _Owned] = {}
+        self._parts: dict[int, OwnedPartition] = {}
         self._revoked: set[int] = set()
         self._consumer: AIOKafkaConsumer | None = None
         self._running = self._joined = False
@@ -69,18 +61,7 @@ class Worker:
         self._sessions = SessionTable(
             topics={"turns": settings.turns_topic, "transcripts": settings.transcripts_topic},
             session_config=settings.session_config(),
-            connect=connect
-            or (
-                lambda fmt: open_socket(
-                    settings.stt_base_url,
-                    fmt,
-                    key,
-                    settings.stt_version,
-                    open_timeout_s=settings.stt_open_timeout_s,
-                    ping_interval_s=settings.stt_ping_interval_s,
-                    max_message_bytes=settings.stt_max_message_bytes,
-                )
-            ),
+            connect=connect or connector(settings),
             book_of=lambda p: self._parts[p].book if p in self._parts else None,
             live=lambda p: p in self._parts and self._parts[p].state.live,
             ended=self._session_ended,
@@ -94,22 +75,12 @@ class Worker:
         consumer = self._consumer
         parts = []
         for number, owned in sorted(self._parts.items()):
-            highwater = consumer.highwater(owned.tp) if consumer is not None else None
-            position = owned.book.watermark.position
             parts.append(
-                PartitionSnapshot(
-                    partition=number,
-                    state=owned.state.state.value,
-                    live=owned.state.live,
-                    position=position,
-                    watermark=owned.book.watermark.committable(),
-                    committed=owned.book.committed_offset,
-                    behind=None if highwater is None else max(0, highwater - position),
+                owned.snapshot(
+                    highwater=consumer.highwater(owned.tp) if consumer is not None else None,
                     open_sessions=len(self._sessions.in_partition(number)),
-                    dormant_sessions=len(owned.dormant),
-                    deferred_records=self._router.deferred(number),
-                    queued_bytes=queued.get(number, 0),
-                    pending_records=owned.book.pending,
+                    deferred=self._router.deferred(number),
+                    queued=queued.get(number, 0),
                 )
             )
         return WorkerSnapshot(self._running, self._joined, tuple(parts), self._sessions.snapshot(), self.counters)
@@ -125,19 +96,7 @@ class Worker:
             settings.session_config(), max_text_bytes=text_limit - TEXT_ENVELOPE_BYTES
         )
         self._letter_bytes = budget.limit(settings.dead_letter_topic) - LETTER_ENVELOPE_BYTES
-        consumer = AIOKafkaConsumer(
-            **kafka_options(settings, "consumer"),
-            group_id=settings.group_id,
-            group_instance_id=settings.group_instance_id or None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            session_timeout_ms=settings.session_timeout_ms,
-            fetch_max_wait_ms=settings.fetch_max_wait_ms,
-            heartbeat_interval_ms=settings.heartbeat_interval_ms,
-            rebalance_timeout_ms=settings.rebalance_timeout_ms,
-            max_poll_interval_ms=settings.max_poll_interval_ms,
-        )
+        consumer = worker_consumer(settings)
         self._consumer = consumer
         consumer.subscribe([settings.audio_topic], listener=_Listener(self))
         await consumer.start()
@@ -174,7 +133,7 @@ class Worker:
             self._running = False
             log.info("worker stopped: %s", self.counters)
 
-    def _handle(self, owned: _Owned, record: ConsumerRecord[bytes, bytes]) -> None:
+    def _handle(self, owned: OwnedPartition, record: ConsumerRecord[bytes, bytes]) -> None:
         """Route one record. Whatever the record holds, it ends handled, skipped or dead-lettered."""
         partition, offset = owned.tp.partition, record.offset
         if self._router.seen(partition, offset):
@@ -224,7 +183,12 @@ class Worker:
         owned.book.consumed(offset)
 
     def _dead_letter(
-        self, owned: _Owned, record: ConsumerRecord[bytes, bytes], reason: str, detail: str, session_id: str | None
+        self,
+        owned: OwnedPartition,
+        record: ConsumerRecord[bytes, bytes],
+        reason: str,
+        detail: str,
+        session_id: str | None,
     ) -> None:
         self.counters.dead_letters += 1
         metrics.DEAD_LETTERS.labels(reason).inc()
@@ -232,7 +196,7 @@ class Worker:
         letter = dead_letter_record(self.settings, self._letter_bytes, owned.tp, record, reason, detail, session_id)
         owned.book.add([letter])
 
-    def _corrupt(self, owned: _Owned, corrupt: CorruptRecord) -> None:
+    def _corrupt(self, owned: OwnedPartition, corrupt: CorruptRecord) -> None:
         """A record aiokafka could not decode was skipped: dead-letter what is known of it."""
         self.counters.corrupt_records += 1
         log.error("skipped undecodable record p%d@%d: %s", corrupt.tp.partition, corrupt.offset, corrupt.error)
@@ -254,8 +218,7 @@ class Worker:
                 continue
             link = read_link(consumer, owned.tp)
             owned.state.fetch_answered(now, link.answered_ms_ago, connected=link.connected)
-            since = owned.committing_since
-            if since is not None and (now - since) * 1000 > self.settings.fetch_silence_ms:
+            if owned.stalled(now, self.settings.fetch_silence_ms):
                 owned.state.write_stalled()
             highwater = consumer.highwater(owned.tp)
             position = await consumer.position(owned.tp)
@@ -277,40 +240,13 @@ class Worker:
 
     # -- transactions and guards -----------------------------------------------------------------
 
-    async def _commit(self, owned: _Owned) -> bool:
+    async def _commit(self, owned: OwnedPartition) -> bool:
         for current in self._sessions.in_partition(owned.tp.partition):
             self._sessions.hand_over(current, current.session.take())
-        plan = owned.book.plan()
-        owned.committing_since = time.monotonic()
-        try:
-            await owned.txn.commit(plan)
-        except Fenced:
-            owned.book.failed(plan)
-            log.error("partition %d was fenced by another worker; dropping it", owned.tp.partition)
+        outcome = await owned.commit(self.settings, self.counters, self._letter_bytes)
+        if outcome is Outcome.FENCED:
             await self._drop(owned.tp.partition)
-            return False
-        except RecordsRefused as refused:
-            for record in owned.book.failed(plan, quarantine=refused.refused):
-                self.counters.quarantined += 1
-                log.error("QUARANTINED a record Kafka refuses (%s) on %s: %s", refused, record.topic, record.key)
-                letter = quarantine_letter(
-                    self.settings, self._letter_bytes, owned.tp, plan.offset, record, str(refused)
-                )
-                owned.book.add([letter])
-            self.counters.transaction_failures += 1
-            return False
-        except BaseException:
-            owned.book.failed(plan)
-            self.counters.transaction_failures += 1
-            return False
-        finally:
-            owned.committing_since = None
-            if owned.state.state is not PartitionState.RELEASED:
-                owned.state.write_ok(time.monotonic())
-        owned.book.committed(plan)
-        self.counters.transactions += not plan.empty
-        metrics.observe_committed(plan)
-        return True
+        return outcome is Outcome.COMMITTED
 
     async def _commit_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -333,22 +269,9 @@ class Worker:
         now = time.monotonic()
         for owned in self._parts.values():
             for session_id, since in list(owned.dormant.items()):
-                if now - since <= settings.session_idle_timeout_s or self._sessions.get(session_id):
-                    continue
-                del owned.dormant[session_id]
-                checkpoint = owned.book.checkpoint(session_id)
-                if checkpoint is None or checkpoint.status != "open":
-                    continue
-                session = Session(
-                    session_id,
-                    checkpoint.format,
-                    first_offset=checkpoint.resume_offset,
-                    config=self._sessions.session_config,
-                    wall_ms=wall_ms,
-                    resume=Resume.from_checkpoint(checkpoint),
-                )
-                session.truncate("idle_timeout", "no input after a restart (lost `end`?)")
-                self._sessions.add_taken(owned.tp.partition, session, session.take())
+                if now - since > settings.session_idle_timeout_s and not self._sessions.get(session_id):
+                    del owned.dormant[session_id]
+                    self._sessions.truncate_dormant(owned.tp.partition, owned.book.checkpoint(session_id))
 
     # -- rebalancing and shutdown ----------------------------------------------------------------
 
@@ -372,13 +295,7 @@ class Worker:
             await txns[partition].start()
         loaded = await load_checkpoints(settings, settings.sessions_topic, new)
         now = time.monotonic()
-        limits = FlowLimits(
-            settings.fetch_silence_ms,
-            settings.recovery_grace_s,
-            settings.lag_threshold,
-            settings.pause_high_bytes,
-            settings.pause_low_bytes,
-        )
+        limits = settings.flow_limits()
         starts = await self._starts([TopicPartition(settings.audio_topic, p) for p in new])
         for partition in new:
             tp = TopicPartition(settings.audio_topic, partition)
@@ -386,7 +303,7 @@ class Worker:
             consumer.seek(tp, position)  # whatever a fetch in flight did meanwhile, start here
             consumer.resume(tp)
             book = CommitBook.resumed(partition, settings.sessions_topic, position, loaded[partition])
-            owned = _Owned(tp, Partition(partition, limits, now), book, txns[partition])
+            owned = OwnedPartition(tp, Partition(partition, limits, now), book, txns[partition])
             owned.dormant = {s: now for s, c in loaded[partition].items() if c.status == "open"}
             self._parts[partition] = owned
             self._router.assign(partition, position)
@@ -414,7 +331,7 @@ class Worker:
             owned.state.revoke(time.monotonic())
         self._revoked |= set(revoked)
 
-    async def _settle(self, parts: list[_Owned], *, close: bool = False) -> None:
+    async def _settle(self, parts: list[OwnedPartition], *, close: bool = False) -> None:
         """Pause, give draining sessions the grace period, optionally close the sockets, commit."""
         consumer = self._consumer
         if consumer is not None:

@@ -15,6 +15,7 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer
 from aiokafka.abc import AbstractTokenProvider
 from aiokafka.conn import create_conn
 from aiokafka.errors import (
@@ -154,3 +155,20 @@ def denied(exc: BaseException, settings: Settings) -> str | None:
     if isinstance(exc, ClusterAuthorizationFailedError):
         return f"Kafka denied {who} a cluster operation (IdempotentWrite, or CreateTopics with STT_CREATE_TOPICS)"
     return None
+
+
+def worker_consumer(settings: Settings) -> AIOKafkaConsumer:
+    """The worker's consumer of the audio topic: manual commits through transactions, read_committed."""
+    return AIOKafkaConsumer(
+        **kafka_options(settings, "consumer"),
+        group_id=settings.group_id,
+        group_instance_id=settings.group_instance_id or None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        session_timeout_ms=settings.session_timeout_ms,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        heartbeat_interval_ms=settings.heartbeat_interval_ms,
+        rebalance_timeout_ms=settings.rebalance_timeout_ms,
+        max_poll_interval_ms=settings.max_poll_interval_ms,
+    )

@@ -7,13 +7,14 @@ The client authenticates one consistent way: ``Authorization: Bearer <key>`` plu
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from pydantic import SecretStr
 from websockets.asyncio.client import ClientConnection, connect
 
 from pipeline.records import AudioFormat
-from pipeline.settings import default
+from pipeline.settings import Settings, default
 
 PATHS = {"auto": "/stt/turns/websocket", "manual": "/stt/websocket"}
 _SCHEMES = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
@@ -62,6 +63,24 @@ async def open_socket(
         max_size=max_message_bytes,
         logger=_WIRE_LOG,
     )
+
+
+def connector(settings: Settings) -> Callable[[AudioFormat], Awaitable[ClientConnection]]:
+    """``connect(fmt)`` for the worker's sessions, from the settings (the key read once, at start)."""
+    key = settings.stt_api_key()
+
+    def connect(fmt: AudioFormat) -> Awaitable[ClientConnection]:
+        return open_socket(
+            settings.stt_base_url,
+            fmt,
+            key,
+            settings.stt_version,
+            open_timeout_s=settings.stt_open_timeout_s,
+            ping_interval_s=settings.stt_ping_interval_s,
+            max_message_bytes=settings.stt_max_message_bytes,
+        )
+
+    return connect
 
 
 class _NoCredentials(logging.Filter):
