@@ -173,7 +173,7 @@ class Settings(BaseSettings):
     )
     max_reconnects: int = _setting(8, "STT_MAX_RECONNECTS", "STT reconnect attempts before a session fails", ge=0)
     max_sessions: int = _setting(
-        500, "STT_MAX_SESSIONS", "open STT sockets per worker (more: the partition waits)", ge=1
+        500, "STT_MAX_SESSIONS", "open STT sockets per worker (more: only the new session waits; open ones flow)", ge=1
     )
     pause_high_bytes: int = _setting(
         32 * 2**20, "STT_PAUSE_HIGH_BYTES", "queued audio per partition that pauses it", ge=1
