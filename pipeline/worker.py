@@ -27,11 +27,12 @@ from pipeline.commit import CommitBook
 from pipeline.kafka.checkpoints import load_checkpoints
 from pipeline.kafka.clients import kafka_options
 from pipeline.kafka.fetch import CorruptRecord, fetch
-from pipeline.kafka.probe import read_link
+from pipeline.kafka.probe import group_link, read_link
 from pipeline.kafka.topics import ensure_topics, topic_limits
 from pipeline.kafka.transactions import Fenced, PartitionTransactions, RecordsRefused
 from pipeline.letters import LETTER_ENVELOPE_BYTES, corrupt_letter, dead_letter_record, quarantine_letter
 from pipeline.limits import SizeBudget
+from pipeline.logs import log_context
 from pipeline.partition import FlowAction, FlowLimits, Partition, PartitionState
 from pipeline.records import InputLimits, Rejected, parse
 from pipeline.redact import scrub
@@ -41,6 +42,7 @@ from pipeline.sessions import Connect, OpenSession, SessionTable, wall_ms
 from pipeline.settings import TEXT_ENVELOPE_BYTES, Settings
 from pipeline.snapshot import Counters, PartitionSnapshot, WorkerSnapshot
 from pipeline.stt.client import open_socket
+from pipeline.stt.link import SttLink
 
 log = logging.getLogger("pipeline.worker")
 
@@ -52,6 +54,7 @@ class _Owned:
         self.tp, self.state, self.book, self.txn = tp, state, book, txn
         self.committing_since: float | None = None  # a transaction is in flight since
         self.dormant: dict[str, float] = {}  # open checkpoints not resumed since the assignment → since
+        self.last_record_ms: int | None = None  # timestamp of the newest record read
 
 
 class Worker:
@@ -66,19 +69,22 @@ class Worker:
         self._limits = InputLimits(settings.max_key_bytes, settings.max_header_bytes)
         self._router = Router(settings.max_sessions, settings.completed_memory)
         key = settings.stt_api_key()
+        self._stt_link = SttLink()
         self._sessions = SessionTable(
             topics={"turns": settings.turns_topic, "transcripts": settings.transcripts_topic},
             session_config=settings.session_config(),
-            connect=connect
-            or (
-                lambda fmt: open_socket(
-                    settings.stt_base_url,
-                    fmt,
-                    key,
-                    settings.stt_version,
-                    open_timeout_s=settings.stt_open_timeout_s,
-                    ping_interval_s=settings.stt_ping_interval_s,
-                    max_message_bytes=settings.stt_max_message_bytes,
+            connect=self._stt_link.watch(
+                connect
+                or (
+                    lambda fmt: open_socket(
+                        settings.stt_base_url,
+                        fmt,
+                        key,
+                        settings.stt_version,
+                        open_timeout_s=settings.stt_open_timeout_s,
+                        ping_interval_s=settings.stt_ping_interval_s,
+                        max_message_bytes=settings.stt_max_message_bytes,
+                    )
                 )
             ),
             book_of=lambda p: self._parts[p].book if p in self._parts else None,
@@ -110,9 +116,20 @@ class Worker:
                     deferred_records=self._router.deferred(number),
                     queued_bytes=queued.get(number, 0),
                     pending_records=owned.book.pending,
+                    last_record_ms=owned.last_record_ms,
                 )
             )
-        return WorkerSnapshot(self._running, self._joined, tuple(parts), self._sessions.snapshot(), self.counters)
+        disconnected = any(o.state.state is PartitionState.DISCONNECTED for o in self._parts.values())
+        return WorkerSnapshot(
+            self._running,
+            self._joined,
+            tuple(parts),
+            self._sessions.snapshot(),
+            self.counters,
+            broker_reachable=consumer is not None and group_link(consumer) and not disconnected,
+            stt_last_ok=self._stt_link.last_ok,
+            stt_last_failure=self._stt_link.last_failure,
+        )
 
     # -- the consume loop ------------------------------------------------------------------------
 
@@ -160,10 +177,12 @@ class Worker:
                         continue
                     owned.state.records_fetched(time.monotonic())
                     for item in items:
-                        if isinstance(item, CorruptRecord):
-                            self._corrupt(owned, item)
-                        else:
-                            self._handle(owned, item)
+                        with log_context(partition=tp.partition, offset=item.offset):
+                            if isinstance(item, CorruptRecord):
+                                self._corrupt(owned, item)
+                            else:
+                                owned.last_record_ms = item.timestamp
+                                self._handle(owned, item)
                 await self._observe(consumer)
         finally:
             stop.set()  # the commit loop finishes its current transaction and returns; never cancel it
@@ -286,6 +305,7 @@ class Worker:
             await owned.txn.commit(plan)
         except Fenced:
             owned.book.failed(plan)
+            self.counters.fenced += 1
             log.error("partition %d was fenced by another worker; dropping it", owned.tp.partition)
             await self._drop(owned.tp.partition)
             return False
