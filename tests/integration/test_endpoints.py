@@ -135,9 +135,11 @@ async def test_readiness_liveness_and_metrics_of_a_known_workload(
 
         assert delta("stt_sessions_ended_total", status="complete") == 1
         assert delta("stt_reconnects_total", cause="status_5xx") == 1
-        assert sum(v for (n, _), v in after.items() if n == "stt_reconnects_total") - sum(
-            v for (n, _), v in before.items() if n == "stt_reconnects_total"
-        ) == 1
+        assert (
+            sum(v for (n, _), v in after.items() if n == "stt_reconnects_total")
+            - sum(v for (n, _), v in before.items() if n == "stt_reconnects_total")
+            == 1
+        )
         assert delta("stt_provider_errors_total", code="503") == 1
         dead = {labels: v for (n, labels), v in after.items() if n == "stt_dead_letters_total"}
         dead_before = {labels: v for (n, labels), v in before.items() if n == "stt_dead_letters_total"}
