@@ -77,7 +77,7 @@ LEAD_MS = 200  # synthesize()'s default leading silence
 Script = list[str | int]
 Record = tuple[bytes, list[tuple[str, bytes]], bytes]
 
-DRIFT = "stt_pacing_drift_ms"
+DRIFT = "stt_pacing_drift_seconds"
 EVENT_TO_ACK = "stt_event_to_ack_seconds"
 CLOSE_TO_FINAL = "stt_close_to_final_seconds"
 HISTOGRAMS = (DRIFT, EVENT_TO_ACK, CLOSE_TO_FINAL)
@@ -693,7 +693,7 @@ async def run_level(
         core_share=cpu / wall,
         idle_cpu_per_s=idle_cpu_per_s,
         marginal_cpu_per_audio_s=max(cpu - idle_cpu_per_s * wall, 0.0) / audio_s,
-        drift_ms=quantiles_ms(d[DRIFT], 1.0, first_lower=-config.max_lead_ms),
+        drift_ms=quantiles_ms(d[DRIFT], 1000.0, first_lower=-config.max_lead_ms / 1000),
         event_to_ack_ms=quantiles_ms(d[EVENT_TO_ACK], 1000.0, first_lower=0.0),
         close_to_final_ms=quantiles_ms(d[CLOSE_TO_FINAL], 1000.0, first_lower=0.0),
         silence_fill_s=after[SILENCE_SENT] - before[SILENCE_SENT],
@@ -704,7 +704,7 @@ async def run_level(
         probes_lost=probes_lost,
         worker_stats=worker.stats.as_dict(),
     )
-    result.drift_ms["share_above_100ms"] = d[DRIFT].share_above(100)
+    result.drift_ms["share_above_100ms"] = d[DRIFT].share_above(0.1)
     result.queued_ms = sampler.queued()
     result.open_to_first_frame_ms = sampler.first_frame()
     for s in sessions:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
+import contextlib
 import signal
 import sys
 from importlib import metadata
 
+from pipeline import logs
 from pipeline import settings as worker_settings
 from pipeline.emulator import cli as emulator_cli
 from pipeline.settings import Settings, SettingsError
@@ -25,6 +26,7 @@ def _version() -> str:
 
 
 async def _run_worker(config: Settings) -> int:
+    from pipeline.endpoints import StatusServer
     from pipeline.errors import KafkaSetupError
     from pipeline.kafka.clients import denied
     from pipeline.worker import Worker
@@ -33,12 +35,33 @@ async def _run_worker(config: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    if config.metrics_port:
-        from pipeline import metrics
-
-        metrics.serve(config.metrics_port)
+    worker = Worker(config)
+    task = asyncio.ensure_future(worker.run(stop))  # not started before the first await below
+    server = None
+    if config.http_port:
+        server = StatusServer(
+            worker,
+            loop,
+            host=config.http_host,
+            port=config.http_port,
+            deadline_s=config.health_deadline_s,
+            stt_window_s=config.ready_stt_window_s,
+            alive=lambda: not task.done(),
+        )
+        try:
+            server.start()
+        except OSError as exc:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            print(
+                f"{PROG} worker: cannot serve HTTP on {config.http_host}:{config.http_port} "
+                f"(STT_HTTP_HOST, STT_HTTP_PORT): {exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            return 2
     try:
-        await Worker(config).run(stop)
+        await task
     except KafkaSetupError as exc:
         print(f"{PROG} worker: {exc}", file=sys.stderr)
         return 2
@@ -48,6 +71,9 @@ async def _run_worker(config: Settings) -> int:
             raise
         print(f"{PROG} worker: {message}", file=sys.stderr)
         return 2
+    finally:
+        if server is not None:
+            server.stop()
     return 0
 
 
@@ -58,6 +84,7 @@ def _worker(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"{PROG} worker: invalid setting {exc}", file=sys.stderr)
         return 2
+    logs.configure(config.log_level, config.log_format, [config.stt_api_key(), config.kafka_password()])
     return asyncio.run(_run_worker(config))
 
 
@@ -65,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--log-level", default=None, help=worker_settings.help_text("log_level"))
+    parser.add_argument("--log-format", default=None, help=worker_settings.help_text("log_format"))
     commands = parser.add_subparsers(dest="command", required=True)
     emulator_cli.add_arguments(
         commands.add_parser("emulator", help="run the local Cartesia-compatible STT emulator")
@@ -88,10 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         level = worker_settings.log_level(args.log_level)
+        fmt = worker_settings.log_format(args.log_format)
     except SettingsError as exc:
         print(f"{PROG}: invalid setting {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(level, fmt)
     if args.command == "emulator":
         return emulator_cli.run(args)
     if args.command == "worker":

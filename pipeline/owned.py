@@ -38,6 +38,7 @@ class OwnedPartition:
         self.tp, self.state, self.book, self.txn = tp, state, book, txn
         self.committing_since: float | None = None  # a transaction is in flight since (monotonic)
         self.dormant: dict[str, float] = {}  # open checkpoints not resumed since the assignment → since
+        self.last_record_ms: int | None = None  # timestamp of the newest record read
 
     def stalled(self, now: float, threshold_ms: float) -> bool:
         """Whether the transaction in flight has hung for longer than ``threshold_ms``."""
@@ -50,6 +51,7 @@ class OwnedPartition:
             await self.txn.commit(plan)
         except Fenced:
             self.book.failed(plan)
+            counters.fenced += 1
             log.error("partition %d was fenced by another worker", self.tp.partition)
             return Outcome.FENCED
         except RecordsRefused as refused:
@@ -87,4 +89,5 @@ class OwnedPartition:
             deferred_records=deferred,
             queued_bytes=queued,
             pending_records=self.book.pending,
+            last_record_ms=self.last_record_ms,
         )

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from websockets.asyncio.client import ClientConnection
@@ -51,6 +52,8 @@ class SessionRunner:
         self._wake = asyncio.Event()
         self._backoff_base_s = backoff_base_s
         self._backoff_max_s = backoff_max_s
+        self._errors_counted = 0
+        self._anomalies_counted: Counter[str] = Counter()
 
     def notify(self) -> None:
         """New input for the session: re-evaluate what to send now."""
@@ -60,6 +63,18 @@ class SessionRunner:
         taken = self.session.take()
         if taken.outputs:
             self._emit(taken)
+        self._count()
+
+    def _count(self) -> None:
+        """Export what the session saw since the last call: provider errors, normalizer anomalies."""
+        session = self.session
+        if session.errors > self._errors_counted and session.last_error is not None:
+            metrics.STT_ERRORS.labels(metrics.error_code(session.last_error)).inc(session.errors - self._errors_counted)
+            self._errors_counted = session.errors
+        anomalies = session.anomalies()
+        for kind, count in (anomalies - self._anomalies_counted).items():
+            metrics.ANOMALIES.labels(kind).inc(count)
+        self._anomalies_counted = anomalies
 
     async def run(self) -> None:
         session = self.session
@@ -70,7 +85,9 @@ class SessionRunner:
                 return
             attempt = session.reconnects + 1
             delay = min(self._backoff_max_s, self._backoff_base_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-            log.info("session %s: reconnecting in %.2f s (attempt %d)", session.session_id, delay, attempt)
+            cause = metrics.reconnect_cause(session.last_error)
+            metrics.RECONNECTS.labels(cause).inc()
+            log.info("session %s: reconnecting (%s) in %.2f s (attempt %d)", session.session_id, cause, delay, attempt)
             await asyncio.sleep(delay)
             session.reconnect()
             self._flush()
@@ -107,7 +124,7 @@ class SessionRunner:
                 return
             items = session.poll(now, input_live=self._input_live())
             for drift in session.drifts_ms:
-                metrics.PACING_DRIFT_MS.observe(drift)
+                metrics.PACING_DRIFT_S.observe(drift / 1000)
             for item in items:
                 try:
                     await ws.send(item)

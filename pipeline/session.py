@@ -40,7 +40,7 @@ behaviour, a leading space, is assumed.)
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -171,6 +171,9 @@ class Session:
         self.gaps = 0
         self.reconnects = 0
         self.needs_reconnect = False
+        self.errors = 0  # provider errors so far; the last one is last_error
+        self.last_error: ProviderError | None = None
+        self._past_anomalies: Counter[str] = Counter()  # of connections before the current one
         self.close_offset: int | None = None
         self.close_sent_at: float | None = None
         self.deadline: float | None = None
@@ -400,6 +403,8 @@ class Session:
         """The one retry rule: reconnect if ``error`` is retryable, else fail."""
         if self.ended:
             return
+        self.errors += 1
+        self.last_error = error
         if error.retryable:
             self.needs_reconnect = True
         else:
@@ -424,6 +429,7 @@ class Session:
             self._end("failed")
             return
         self.reconnects += 1
+        self._past_anomalies += self._connection_anomalies()
         base = self._held[0].start if self._held else self._pushed
         self._pushed = self._sent_audio = base
         self._new_connection()
@@ -431,6 +437,16 @@ class Session:
             self._feed(held)
         if self.phase == "closing":
             self.phase = "draining"
+
+    def _connection_anomalies(self) -> Counter[str]:
+        counts = Counter(self.normalizer.anomalies)
+        counts["unknown_event"] += self.normalizer.unknown_events
+        return counts
+
+    def anomalies(self) -> Counter[str]:
+        """What the normalizers repaired or ignored, by kind (``unknown_event``: an unknown event type),
+        over all of the session's connections."""
+        return self._past_anomalies + self._connection_anomalies()
 
     def check_deadline(self, now: float) -> None:
         """End a drain that hangs past its deadline as ``truncated``."""

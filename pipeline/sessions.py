@@ -23,6 +23,7 @@ from websockets.asyncio.client import ClientConnection
 from pipeline import metrics
 from pipeline.commit import CommitBook, OutRecord
 from pipeline.contract import Checkpoint, TranscriptRecord
+from pipeline.logs import set_context
 from pipeline.records import AudioFormat, InputMessage
 from pipeline.runner import SessionRunner
 from pipeline.session import Resume, Session, SessionConfig, Taken
@@ -155,6 +156,7 @@ class SessionTable:
 
     async def _run(self, current: OpenSession) -> None:
         session = current.session
+        set_context(session_id=session.session_id, partition=current.partition)
         try:
             await current.runner.run()
         except asyncio.CancelledError:

@@ -46,6 +46,7 @@ _MAX_POLL_INTERVAL_MS = 300_000
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
+LogFormat = Literal["text", "json"]
 KAFKA_SECURITY_FIELDS = (
     "security_protocol",
     "sasl_mechanism",
@@ -197,10 +198,24 @@ class Settings(BaseSettings):
     stt_version: str = _setting(
         "2026-08-14", "STT_CARTESIA_VERSION", "Cartesia-Version header sent to the STT service", min_length=1
     )
-    metrics_port: int = _setting(
-        0, "STT_METRICS_PORT", "serve Prometheus metrics on 127.0.0.1:PORT (0: off)", ge=0, le=65535
+    http_host: str = _setting(
+        "0.0.0.0", "STT_HTTP_HOST", "address of the worker's HTTP server (/metrics /healthz /readyz /status)",
+        min_length=1,
+    )
+    http_port: int = _setting(
+        9400, "STT_HTTP_PORT", "port of the worker's HTTP server (0: no server)", ge=0, le=65535
+    )
+    health_deadline_s: float = _setting(
+        2.0, "STT_HEALTH_DEADLINE_S", "/healthz fails when the event loop does not answer within this", gt=0
+    )
+    ready_stt_window_s: float = _setting(
+        60.0,
+        "STT_READY_STT_WINDOW_S",
+        "/readyz fails when STT connections fail and none succeeded within this window",
+        gt=0,
     )
     log_level: str = _setting("INFO", "STT_LOG_LEVEL", "logging level (DEBUG, INFO, WARNING, ERROR, CRITICAL)")
+    log_format: LogFormat = _setting("text", "STT_LOG_FORMAT", "log lines: text, or json (one object a line)")
     recovery_grace_s: float = _setting(
         5.0,
         "STT_RECOVERY_GRACE_S",
@@ -356,7 +371,7 @@ class Settings(BaseSettings):
         ``os.environ``), else default. Raises :class:`SettingsError`."""
         flags: dict[str, Any] = {}
         if args is not None:
-            for name in (*_flag_fields(), "log_level"):
+            for name in (*_flag_fields(), *_GLOBAL_FIELDS):
                 value = getattr(args, name, None)
                 if value is not None:
                     flags[name] = value
@@ -488,10 +503,14 @@ def is_secret(field: str) -> bool:
     return Settings.model_fields[field].annotation is SecretStr
 
 
+_GLOBAL_FIELDS = ("log_level", "log_format")
+"""Settings of every command, so flags of `stt-pipeline` itself (``--log-level``, ``--log-format``)."""
+
+
 def _flag_fields() -> Iterator[str]:
-    """Fields with a flag on `stt-pipeline worker`: all but secrets and the top-level ``--log-level``."""
+    """Fields with a flag on `stt-pipeline worker`: all but secrets and the top-level ``--log-*`` flags."""
     for name in Settings.model_fields:
-        if not is_secret(name) and name != "log_level":
+        if not is_secret(name) and name not in _GLOBAL_FIELDS:
             yield name
 
 
@@ -556,6 +575,17 @@ def log_level(flag_value: str | None = None, env: Mapping[str, str] | None = Non
         return _log_level_name(value)
     except PydanticCustomError as exc:
         raise SettingsError([(env_name("log_level"), str(exc.context["text"]) if exc.context else "invalid")]) from None
+
+
+def log_format(flag_value: str | None = None, env: Mapping[str, str] | None = None) -> LogFormat:
+    """The log line format for any command: ``--log-format``, else ``STT_LOG_FORMAT``, else the default."""
+    environ = os.environ if env is None else env
+    value = (flag_value or environ.get(env_name("log_format")) or default("log_format")).strip().lower()
+    if value == "json":
+        return "json"
+    if value == "text":
+        return "text"
+    raise SettingsError([(env_name("log_format"), f"must be text or json, got {value!r}")])
 
 
 # --- errors ------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ class Counters:
     reconnects: int = 0
     transactions: int = 0
     transaction_failures: int = 0
+    fenced: int = 0
     quarantined: int = 0
     pauses: int = 0
     session_crashes: int = 0
@@ -61,6 +62,7 @@ class PartitionSnapshot:
     deferred_records: int
     queued_bytes: int
     pending_records: int
+    last_record_ms: int | None = None  # timestamp of the newest record read (ms since the epoch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,9 @@ class WorkerSnapshot:
     partitions: tuple[PartitionSnapshot, ...]
     sessions: tuple[SessionSnapshot, ...]
     counters: Counters
+    broker_reachable: bool = True  # the consumer knows its group coordinator and no partition is disconnected
+    stt_last_ok: float | None = None  # wall time of the last STT connection that opened
+    stt_last_failure: float | None = None  # wall time of the last STT connection that could not open
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -27,13 +27,14 @@ from pipeline.commit import CommitBook
 from pipeline.kafka.checkpoints import load_checkpoints
 from pipeline.kafka.clients import worker_consumer
 from pipeline.kafka.fetch import CorruptRecord, fetch
-from pipeline.kafka.probe import read_link
+from pipeline.kafka.probe import group_link, read_link
 from pipeline.kafka.topics import ensure_topics, topic_limits
 from pipeline.kafka.transactions import PartitionTransactions
 from pipeline.letters import LETTER_ENVELOPE_BYTES, corrupt_letter, dead_letter_record
 from pipeline.limits import SizeBudget
+from pipeline.logs import log_context
 from pipeline.owned import Outcome, OwnedPartition
-from pipeline.partition import FlowAction, Partition
+from pipeline.partition import FlowAction, Partition, PartitionState
 from pipeline.records import InputLimits, Rejected, parse
 from pipeline.redact import scrub
 from pipeline.router import Decision, Router
@@ -42,6 +43,7 @@ from pipeline.sessions import Connect, OpenSession, SessionTable
 from pipeline.settings import TEXT_ENVELOPE_BYTES, Settings
 from pipeline.snapshot import Counters, WorkerSnapshot
 from pipeline.stt.client import connector
+from pipeline.stt.link import SttLink
 
 log = logging.getLogger("pipeline.worker")
 
@@ -58,10 +60,11 @@ class Worker:
         self._limits = InputLimits(settings.max_key_bytes, settings.max_header_bytes)
         self._router = Router(settings.max_sessions, settings.completed_memory)
         key = settings.stt_api_key()
+        self._stt_link = SttLink()
         self._sessions = SessionTable(
             topics={"turns": settings.turns_topic, "transcripts": settings.transcripts_topic},
             session_config=settings.session_config(),
-            connect=connect or connector(settings),
+            connect=self._stt_link.watch(connect or connector(settings)),
             book_of=lambda p: self._parts[p].book if p in self._parts else None,
             live=lambda p: p in self._parts and self._parts[p].state.live,
             ended=self._session_ended,
@@ -83,7 +86,17 @@ class Worker:
                     queued=queued.get(number, 0),
                 )
             )
-        return WorkerSnapshot(self._running, self._joined, tuple(parts), self._sessions.snapshot(), self.counters)
+        disconnected = any(o.state.state is PartitionState.DISCONNECTED for o in self._parts.values())
+        return WorkerSnapshot(
+            self._running,
+            self._joined,
+            tuple(parts),
+            self._sessions.snapshot(),
+            self.counters,
+            broker_reachable=consumer is not None and group_link(consumer) and not disconnected,
+            stt_last_ok=self._stt_link.last_ok,
+            stt_last_failure=self._stt_link.last_failure,
+        )
 
     # -- the consume loop ------------------------------------------------------------------------
 
@@ -119,10 +132,12 @@ class Worker:
                         continue
                     owned.state.records_fetched(time.monotonic())
                     for item in items:
-                        if isinstance(item, CorruptRecord):
-                            self._corrupt(owned, item)
-                        else:
-                            self._handle(owned, item)
+                        with log_context(partition=tp.partition, offset=item.offset):
+                            if isinstance(item, CorruptRecord):
+                                self._corrupt(owned, item)
+                            else:
+                                owned.last_record_ms = item.timestamp
+                                self._handle(owned, item)
                 await self._observe(consumer)
         finally:
             stop.set()  # the commit loop finishes its current transaction and returns; never cancel it

@@ -30,6 +30,11 @@ def read_link(consumer: AIOKafkaConsumer, tp: TopicPartition) -> LinkReading:
     return LinkReading(ago, _leader_connected(consumer, tp) and _coordinator_known(consumer))
 
 
+def group_link(consumer: AIOKafkaConsumer) -> bool:
+    """Whether the consumer knows its group coordinator (False while the broker cannot be reached)."""
+    return _coordinator_known(consumer)
+
+
 def _leader_connected(consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
     try:
         client: Any = consumer._client

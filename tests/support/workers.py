@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from pipeline.settings import Settings, env_name
+from tests.support.kafka import free_ports
 
 STT_PIPELINE = str(Path(sys.executable).with_name("stt-pipeline"))
 
@@ -51,10 +52,14 @@ class WorkerProcess:
     proc: subprocess.Popen[bytes] | None = None
     peak_rss: int = 0
     exits: list[int] = field(default_factory=list)
+    http_port: int = 0  # the worker's /metrics /healthz /readyz /status port, a free one per start
 
     def start(self) -> WorkerProcess:
         env = config_env(self.config)
         env["STT_GROUP_INSTANCE_ID"] = self.instance_id
+        (self.http_port,) = free_ports(1)
+        env["STT_HTTP_HOST"] = "127.0.0.1"
+        env["STT_HTTP_PORT"] = str(self.http_port)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [STT_PIPELINE, "--log-level", "INFO", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT

@@ -24,6 +24,7 @@ from pipeline.settings import (
     env_name,
     flag,
     is_secret,
+    log_format,
     log_level,
 )
 from pipeline.stt.client import open_socket
@@ -74,8 +75,12 @@ DOCUMENTED = {
     "retention_ms": "STT_RETENTION_MS",
     "create_topics": "STT_CREATE_TOPICS",
     "stt_version": "STT_CARTESIA_VERSION",
-    "metrics_port": "STT_METRICS_PORT",
+    "http_host": "STT_HTTP_HOST",
+    "http_port": "STT_HTTP_PORT",
+    "health_deadline_s": "STT_HEALTH_DEADLINE_S",
+    "ready_stt_window_s": "STT_READY_STT_WINDOW_S",
     "log_level": "STT_LOG_LEVEL",
+    "log_format": "STT_LOG_FORMAT",
     "recovery_grace_s": "STT_RECOVERY_GRACE_S",
     "fetch_max_wait_ms": "STT_FETCH_MAX_WAIT_MS",
     "fetch_silence_ms": "STT_FETCH_SILENCE_MS",
@@ -97,6 +102,8 @@ STRINGS = {
     "group_instance_id": "worker-7",
     "stt_version": "2027-01-01",
     "log_level": "DEBUG",
+    "log_format": "json",
+    "http_host": "127.0.0.1",
     "api_key": SECRET,
 }
 
@@ -161,7 +168,7 @@ def test_each_variable_sets_its_field_and_only_it(name: str, key_file: Path) -> 
     }
 
 
-FLAGGED = [n for n in Settings.model_fields if not is_secret(n) and n != "log_level"]
+FLAGGED = [n for n in Settings.model_fields if not is_secret(n) and n not in ("log_level", "log_format")]
 FLAGGED_INDEPENDENT = [n for n in FLAGGED if n in INDEPENDENT]
 
 
@@ -249,7 +256,9 @@ def test_frozen_and_replace_validates_again() -> None:
         ({"STT_MAX_SESSIONS": "0"}, "STT_MAX_SESSIONS: must be at least 1, got 0"),
         ({"STT_MAX_SESSIONS": "2.5"}, "STT_MAX_SESSIONS: must be a whole number, got 2.5"),
         ({"STT_TOPIC_PARTITIONS": "0"}, "STT_TOPIC_PARTITIONS: must be at least 1, got 0"),
-        ({"STT_METRICS_PORT": "65536"}, "STT_METRICS_PORT: must be between 0 and 65535, got 65536"),
+        ({"STT_HTTP_PORT": "65536"}, "STT_HTTP_PORT: must be between 0 and 65535, got 65536"),
+        ({"STT_HEALTH_DEADLINE_S": "0"}, "STT_HEALTH_DEADLINE_S: must be greater than 0, got 0"),
+        ({"STT_LOG_FORMAT": "xml"}, "STT_LOG_FORMAT: "),
         ({"STT_CREATE_TOPICS": "perhaps"}, "STT_CREATE_TOPICS: must be true or false, got perhaps"),
         ({"STT_AUDIO_TOPIC": "a topic"}, "STT_AUDIO_TOPIC: must be 1-249 characters"),
         ({"STT_TURNS_TOPIC": "stt.audio"}, "STT_TURNS_TOPIC: must differ from STT_AUDIO_TOPIC"),
@@ -357,6 +366,15 @@ def test_worker_reports_an_invalid_variable(clean_environ: None, monkeypatch: py
     )
     assert done.returncode == 2
     assert done.stderr.strip() == "stt-pipeline worker: invalid setting STT_MAX_SESSIONS: must be at least 1, got 0"
+
+
+def test_log_format_flag_then_variable_then_default(clean_environ: None) -> None:
+    assert log_format(None, env={}) == "text"
+    assert log_format(None, env={"STT_LOG_FORMAT": "JSON"}) == "json"
+    assert log_format("text", env={"STT_LOG_FORMAT": "json"}) == "text"
+    assert Settings.load(env={"STT_LOG_FORMAT": "json"}).log_format == "json"
+    with pytest.raises(SettingsError, match="STT_LOG_FORMAT: must be text or json"):
+        log_format(None, env={"STT_LOG_FORMAT": "xml"})
 
 
 def test_log_level_flag_then_variable_then_default(clean_environ: None) -> None:
