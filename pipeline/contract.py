@@ -182,6 +182,35 @@ class ProviderErrorInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class WordTiming:
+    """One word of a turn with its audio span: ms of the session's input audio (see the schema)."""
+
+    word: str
+    start_ms: float
+    end_ms: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"word": self.word, "start_ms": self.start_ms, "end_ms": self.end_ms}
+
+    @classmethod
+    def from_json(cls, data: bytes | str | Mapping[str, Any]) -> Self:
+        what = "word"
+        obj = _object(data, what)
+        _fields(obj, what, ("word", "start_ms", "end_ms"))
+        word = cls(_str(obj, "word", what, nonempty=True), _num(obj, "start_ms", what), _num(obj, "end_ms", what))
+        if word.end_ms < word.start_ms:
+            raise ContractError(f"{what}: `end_ms` {word.end_ms} is before `start_ms` {word.start_ms}")
+        return word
+
+
+def _words(data: Mapping[str, Any], name: str, what: str) -> tuple[WordTiming, ...]:
+    value = data[name]
+    if not isinstance(value, list) or not all(isinstance(item, Mapping) for item in value):
+        raise _wrong(what, name, "an array of objects", value)
+    return tuple(WordTiming.from_json(item) for item in value)
+
+
+@dataclass(frozen=True, slots=True)
 class TurnRecord:
     """One `stt.turns` record (``schemas/turn-event.schema.json``)."""
 
@@ -196,6 +225,9 @@ class TurnRecord:
     transcript: str | None = None
     error: ProviderErrorInfo | None = None
     status: SessionStatus | None = None
+    words: tuple[WordTiming, ...] | None = None
+    duration_ms: float | None = None
+    language: str | None = None
 
     @property
     def final(self) -> bool:
@@ -216,6 +248,12 @@ class TurnRecord:
             record["turn"] = self.turn
         if self.transcript is not None:
             record["transcript"] = self.transcript
+        if self.words is not None:
+            record["words"] = [word.to_dict() for word in self.words]
+        if self.duration_ms is not None:
+            record["duration_ms"] = self.duration_ms
+        if self.language is not None:
+            record["language"] = self.language
         if self.error is not None:
             record["error"] = self.error.to_dict()
         if self.status is not None:
@@ -233,9 +271,12 @@ class TurnRecord:
             obj,
             what,
             ("session_id", "seq", "type", "endpoint", "request_id", "audio_ms", "at"),
-            ("turn", "transcript", "error", "status"),
+            ("turn", "transcript", "error", "status", "words", "duration_ms", "language"),
         )
         kind = _one_of(obj, "type", what, TURN_TYPES)
+        for name in ("words", "duration_ms", "language"):
+            if name in obj and kind not in _WITH_TRANSCRIPT:
+                raise ContractError(f"{what}: `{name}` is not allowed on {kind}")
         for name, needed in (
             ("turn", kind in _WITH_TURN),
             ("transcript", kind in _WITH_TRANSCRIPT),
@@ -256,6 +297,9 @@ class TurnRecord:
             transcript=_str(obj, "transcript", what) if "transcript" in obj else None,
             error=ProviderErrorInfo.from_json(_nested(obj, "error", what)) if "error" in obj else None,
             status=_one_of(obj, "status", what, SESSION_STATUSES) if "status" in obj else None,
+            words=_words(obj, "words", what) if "words" in obj else None,
+            duration_ms=_num(obj, "duration_ms", what) if "duration_ms" in obj else None,
+            language=_str(obj, "language", what, nonempty=True) if "language" in obj else None,
         )
 
 

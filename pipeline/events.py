@@ -17,13 +17,14 @@ are handled as documented on each normalizer and counted in its ``anomalies`` co
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Literal
 
-from pipeline.contract import ProviderErrorInfo
+from pipeline.contract import ProviderErrorInfo, WordTiming
 from pipeline.errors import ProviderError
 
 TurnEventType = Literal[
@@ -49,6 +50,12 @@ class TurnEvent:
     :ivar error: on ``session.error``: the provider's error, read by
         :meth:`pipeline.errors.ProviderError.from_event` (so ``retryable`` follows the one retry rule).
         Its text is the provider's, unscrubbed.
+    :ivar words: manual endpoint, on ``turn.update``/``turn.end``, when the provider sent ``words``: the
+        words of ``transcript`` with times in ms from the start of the *connection's* audio (the
+        session maps them to session audio time).
+    :ivar duration_ms: manual endpoint, when the provider sent ``duration``: the audio behind
+        ``transcript``, summed over its chunks, in ms.
+    :ivar language: manual endpoint: the ``language`` of the turn's latest transcript chunk, if sent.
     """
 
     type: TurnEventType
@@ -56,6 +63,52 @@ class TurnEvent:
     transcript: str | None = None
     request_id: str | None = None
     error: ProviderErrorInfo | None = None
+    words: tuple[WordTiming, ...] | None = None
+    duration_ms: float | None = None
+    language: str | None = None
+
+
+def _finite(value: object) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+        return float(value)
+    return None
+
+
+def _timing(word: object, start: object, end: object) -> WordTiming | None:
+    s, e = _finite(start), _finite(end)
+    if not isinstance(word, str) or not word or s is None or e is None or e < s:
+        return None
+    return WordTiming(word, round(s * 1000.0, 3), round(e * 1000.0, 3))
+
+
+def parse_words(value: object) -> list[WordTiming] | None:
+    """The ``words`` of a manual `transcript` event, times in ms of the connection's audio; None if malformed.
+
+    Read in both published shapes: the SDK's (4.2), a list of ``WordTimestamps`` objects each holding
+    parallel lists ``words``, ``start`` and ``end`` (seconds); and the docs' older one, a list of
+    ``{"word", "start", "end"}`` objects. Any unreadable part makes the whole value malformed.
+    """
+    if not isinstance(value, list):
+        return None
+    out: list[WordTiming] = []
+    for item in value:
+        if not isinstance(item, Mapping):
+            return None
+        if "words" in item:
+            words, starts, ends = item.get("words"), item.get("start"), item.get("end")
+            if not (isinstance(words, list) and isinstance(starts, list) and isinstance(ends, list)):
+                return None
+            if not len(words) == len(starts) == len(ends):
+                return None
+            triples = list(zip(words, starts, ends, strict=True))
+        else:
+            triples = [(item.get("word"), item.get("start"), item.get("end"))]
+        for word, start, end in triples:
+            timing = _timing(word, start, end)
+            if timing is None:
+                return None
+            out.append(timing)
+    return out
 
 
 def _error_event(event: Mapping[str, Any], request_id: str | None) -> TurnEvent:
@@ -253,6 +306,13 @@ class ManualNormalizer:
       final text ends at ``done`` with ``""``.
     - ``flush_done`` with no finalize outstanding (``"unexpected_flush_done"``): ignored.
     - A transcript event without a string ``text`` (``"missing_text"``): handled as ``""``.
+    - A transcript event whose ``words`` cannot be read (``"bad_words"``): handled as if it had none.
+
+    Word timestamps, ``duration`` and ``language`` (all optional in the protocol) are carried on the
+    events that carry text: ``turn.end`` has the words of the finals (in order) and the sum of their
+    durations; ``turn.update`` those of the visible text (finals, then the latest interim). ``words``
+    is present once any chunk of the turn sent it, ``duration_ms`` likewise; ``language`` is the latest
+    chunk's. Word times stay in the connection's clock (ms from its first audio).
 
     A ``flush_done`` with no open turn ends nothing. ``error`` emits ``session.error``; other types
     (``connected`` included: the manual endpoint does not send it) are counted in
@@ -270,10 +330,20 @@ class ManualNormalizer:
         self._outstanding = 0
         self._finished = False
         self._request_id: str | None = None
+        self._reset_details()
         self.unknown_events = 0
         """Number of events of unknown type ignored."""
         self.anomalies: Counter[str] = Counter()
         """Tolerated out-of-protocol events, by kind (see the class docstring)."""
+
+    def _reset_details(self) -> None:
+        self._final_words: list[WordTiming] = []
+        self._interim_words: list[WordTiming] = []
+        self._has_words = False
+        self._final_duration = 0.0
+        self._interim_duration = 0.0
+        self._has_duration = False
+        self._language: str | None = None
 
     @property
     def turn(self) -> int:
@@ -320,9 +390,15 @@ class ManualNormalizer:
             if not isinstance(text, str):
                 self.anomalies["missing_text"] += 1
                 text = ""
+            words = None if event.get("words") is None else parse_words(event["words"])
+            if words is None and event.get("words") is not None:
+                self.anomalies["bad_words"] += 1
+            duration = _finite(event.get("duration"))
+            language = event.get("language")
+            language = language if isinstance(language, str) and language else None
             if event.get("is_final") is True:
-                return self._final(text)
-            return self._interim_text(text)
+                return self._final(text, words, duration, language)
+            return self._interim_text(text, words, duration, language)
         if kind == "flush_done":
             if self._outstanding == 0:
                 self.anomalies["unexpected_flush_done"] += 1
@@ -342,25 +418,41 @@ class ManualNormalizer:
         self.unknown_events += 1
         return []
 
-    def _final(self, text: str) -> list[TurnEvent]:
+    def _final(
+        self, text: str, words: list[WordTiming] | None, duration: float | None, language: str | None
+    ) -> list[TurnEvent]:
         out = self._open_if_text(text)
         if not self._open:
             return out
         before = self._finals + self._interim
         self._finals += text
         self._interim = ""
+        self._final_words += words or []
+        self._interim_words = []
+        self._has_words |= words is not None
+        self._final_duration += duration or 0.0
+        self._interim_duration = 0.0
+        self._has_duration |= duration is not None
+        self._language = language or self._language
         if self._finals != before:
             out.append(self._event("turn.update", self._finals))
         if self._outstanding == 0:
             out.extend(self._end())
         return out
 
-    def _interim_text(self, text: str) -> list[TurnEvent]:
+    def _interim_text(
+        self, text: str, words: list[WordTiming] | None, duration: float | None, language: str | None
+    ) -> list[TurnEvent]:
         out = self._open_if_text(text)
         if not self._open:
             return out
         before = self._finals + self._interim
         self._interim = text
+        self._interim_words = words or []
+        self._has_words |= words is not None
+        self._interim_duration = duration or 0.0
+        self._has_duration |= duration is not None
+        self._language = language or self._language
         if self._finals + text != before:
             out.append(self._event("turn.update", self._finals + text))
         return out
@@ -376,11 +468,25 @@ class ManualNormalizer:
         self._open = False
         self._finals = ""
         self._interim = ""
+        self._reset_details()
         self._turn += 1
         return out
 
     def _event(self, kind: TurnEventType, transcript: str | None = None) -> TurnEvent:
-        return TurnEvent(kind, turn=self._turn, transcript=transcript, request_id=self._request_id)
+        if transcript is None:
+            return TurnEvent(kind, turn=self._turn, request_id=self._request_id)
+        interim = kind != "turn.end"
+        words = self._final_words + (self._interim_words if interim else [])
+        duration = self._final_duration + (self._interim_duration if interim else 0.0)
+        return TurnEvent(
+            kind,
+            turn=self._turn,
+            transcript=transcript,
+            request_id=self._request_id,
+            words=tuple(words) if self._has_words else None,
+            duration_ms=round(duration * 1000.0, 3) if self._has_duration else None,
+            language=self._language,
+        )
 
 
 class TranscriptAssembler:

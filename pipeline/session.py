@@ -36,19 +36,33 @@ without a separator (then it adds none: it never invents a separator the provide
 This is the one place text is touched; it keeps a recovered session's transcript identical to an
 undisturbed one. (After a crash restart nothing has been seen yet, and the documented Cartesia
 behaviour, a leading space, is assumed.)
+
+Word timestamps. The provider times words from the first audio of *its* connection; the session
+publishes them in session input audio time (:meth:`Session.session_ms`): offset by where the
+connection's audio began (0, the replay start after a reconnect, or the checkpoint's ``audio_ms``
+after a crash resume), with the silence fill sent on that connection taken out. Words that would
+push a turn record past ``max_text_bytes`` are left out of it (the text still goes).
 """
 
 from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import orjson
 
 from pipeline import audio
-from pipeline.contract import Checkpoint, ProviderErrorInfo, SessionStatus, TranscriptRecord, TurnRecord, TurnType
+from pipeline.contract import (
+    Checkpoint,
+    ProviderErrorInfo,
+    SessionStatus,
+    TranscriptRecord,
+    TurnRecord,
+    TurnType,
+    WordTiming,
+)
 from pipeline.errors import ProviderError
 from pipeline.events import AutoNormalizer, ManualNormalizer, TranscriptAssembler, TurnEvent
 from pipeline.pacing import Pacer
@@ -60,6 +74,7 @@ Topic = Literal["turns", "transcripts"]
 
 
 MAX_REQUEST_ID_CHARS = 256
+MAX_LANGUAGE_CHARS = 64
 # Audio before `turn.end` kept for replay. It must exceed the audio the provider buffers before it
 # recognizes it (Cartesia: "about the last second"; the emulator's default 1000 ms) plus the events'
 # trip back, or a replay would start after audio the provider never processed, and stay below that
@@ -218,6 +233,10 @@ class Session:
         self.normalizer: AutoNormalizer | ManualNormalizer = (
             AutoNormalizer(first_turn=next_turn) if fmt.endpoint == "auto" else ManualNormalizer(first_turn=next_turn)
         )
+        # Provider times count this connection's audio (silence fill included) from its first frame.
+        self._connection_start_ms = self._pushed * 1000.0 / self._bytes_per_s
+        self._connection_sent_ms = 0.0
+        self._fills: list[tuple[float, float]] = []  # (connection ms where fill began, its length in ms)
         self._seam_turn = next_turn if self._text_so_far() else None
         self._connection_first_turn = next_turn
         self._finalize_marks: deque[tuple[int, int]] = deque()  # (audio position, record offset)
@@ -319,8 +338,12 @@ class Session:
         lead_ms = self.pacer.lead_ms(now)
         for frame in self.pacer.poll(now, input_live=input_live and self.phase == "streaming"):
             self.drifts_ms.append(-lead_ms)
-            lead_ms += len(frame.data) * 1000.0 / self._bytes_per_s
+            frame_ms = len(frame.data) * 1000.0 / self._bytes_per_s
+            lead_ms += frame_ms
             out.append(frame.data)
+            if frame.silence:
+                self._note_fill(frame_ms)
+            self._connection_sent_ms += frame_ms
             if not frame.silence:
                 self._sent_audio += len(frame.data)
                 self._due_finalizes(out)
@@ -330,6 +353,21 @@ class Session:
             self.close_sent_at = now
             self.phase = "closing"
         return out
+
+    def _note_fill(self, frame_ms: float) -> None:
+        at = self._connection_sent_ms
+        if self._fills and self._fills[-1][0] + self._fills[-1][1] == at:
+            start, length = self._fills[-1]
+            self._fills[-1] = (start, length + frame_ms)
+        else:
+            self._fills.append((at, frame_ms))
+
+    def session_ms(self, connection_ms: float) -> float:
+        """A time in the current connection's audio (the provider's clock) as session input audio time:
+        shifted by where the connection's audio began, silence fill taken out (a time inside a fill maps
+        to the fill's start)."""
+        filled = sum(min(length, max(0.0, connection_ms - at)) for at, length in self._fills)
+        return self._connection_start_ms + connection_ms - filled
 
     def _due_finalizes(self, out: list[bytes | str]) -> None:
         while self._finalize_marks and self._finalize_marks[0][0] <= self._sent_audio:
@@ -520,7 +558,7 @@ class Session:
         before = self._text_so_far()
         if not before or before[-1].isspace() or self._provider_separates is False:
             return event
-        return TurnEvent(event.type, event.turn, " " + text, event.request_id, event.error)
+        return replace(event, transcript=" " + text)
 
     def _publish(self, event: TurnEvent) -> None:
         request_id = None if event.request_id is None else self._scrub(event.request_id)[:MAX_REQUEST_ID_CHARS]
@@ -532,12 +570,34 @@ class Session:
         event = self._seamed(event)
         if event.transcript is not None and self._oversized(event):
             return
-        event = TurnEvent(event.type, event.turn, event.transcript, request_id, event.error)
-        self._emit_turn(event.type, turn=event.turn, transcript=event.transcript, request_id=event.request_id)
+        words = None if event.words is None else tuple(self._in_session_time(event.words))
+        if words is not None and self._details_too_large(event, words):
+            words = None  # optional details never cost a turn: its text alone fits, so it goes without them
+        self._emit_turn(
+            event.type,
+            turn=event.turn,
+            transcript=event.transcript,
+            request_id=request_id,
+            words=words,
+            duration_ms=event.duration_ms,
+            language=None if event.language is None else self._scrub(event.language)[:MAX_LANGUAGE_CHARS] or None,
+        )
         if event.type == "turn.end":
             assert event.turn is not None and event.transcript is not None
             self.assembler.add_turn(event.turn, event.transcript)
             self._emit_transcript("turn", event.turn, event.transcript, "complete")
+
+    def _in_session_time(self, words: tuple[WordTiming, ...]) -> list[WordTiming]:
+        out = []
+        for word in words:
+            start = _ms(self.session_ms(word.start_ms))
+            out.append(WordTiming(word.word, start, max(start, _ms(self.session_ms(word.end_ms)))))
+        return out
+
+    def _details_too_large(self, event: TurnEvent, words: tuple[WordTiming, ...]) -> bool:
+        assert event.transcript is not None
+        size = len(orjson.dumps(event.transcript)) + len(orjson.dumps([w.to_dict() for w in words]))
+        return size > self.config.max_text_bytes
 
     def _oversized(self, event: TurnEvent) -> bool:
         """Provider text too large to publish: the session ends ``failed`` instead (its partition's other
@@ -590,6 +650,9 @@ class Session:
         error: ProviderErrorInfo | None = None,
         status: Status | None = None,
         request_id: str | None = None,
+        words: tuple[WordTiming, ...] | None = None,
+        duration_ms: float | None = None,
+        language: str | None = None,
     ) -> None:
         record = TurnRecord(
             session_id=self.session_id,
@@ -603,6 +666,9 @@ class Session:
             transcript=transcript,
             error=None if error is None else self._scrubbed(error),
             status=status,
+            words=words,
+            duration_ms=duration_ms,
+            language=language,
         )
         self._turn_seq += 1
         self._outputs.append(Output("turns", self.session_id, record, record.final))

@@ -9,10 +9,8 @@ parameters, needed only for raw PCM. The answer is ``{"type":"transcript","text"
 Files: WAV (PCM 8/16/32-bit integer, any channel count, mixed down) or, with ``encoding`` and
 ``sample_rate``, raw audio in one of the six protocol encodings. Other containers get 400.
 
-Word times come from the engine's voice activity: a word spans its :class:`SpeechStart` to its
-:class:`SpeechEnd` (exact for the tones engine, whose words are separate bursts); when one span
-carries several words (the whisper engine's segments), the span is shared among them in proportion
-to their length.
+Word times come from :class:`pipeline.emulator.words.WordTimer` (the engine's voice activity: exact
+for the tones engine, shared in proportion to length within a whisper segment).
 """
 
 from __future__ import annotations
@@ -30,8 +28,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pipeline.audio import ENCODINGS, Encoding, bytes_per_sample, decode
-from pipeline.emulator.engines.base import Engine, EngineEvent, SpeechEnd, SpeechStart, Text
+from pipeline.emulator.engines.base import Engine, EngineEvent, Text
 from pipeline.emulator.params import BATCH_MODELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, ParamError, parse_language
+from pipeline.emulator.words import WordTimer
 
 BATCH_PATH = "/stt"
 
@@ -143,33 +142,15 @@ def parse_batch(query: Mapping[str, Sequence[str]], content_type: str, body: byt
 
 
 def _words(events: Sequence[EngineEvent]) -> tuple[str, list[dict[str, Any]]]:
-    text = ""
-    words: list[dict[str, Any]] = []
-    span_start: float | None = None
-    span_text = ""
-
-    def close_span(end_ms: float) -> None:
-        tokens = span_text.split()
-        if span_start is None or not tokens:
-            return
-        total = sum(len(t) for t in tokens)
-        at = span_start
-        for token in tokens:
-            step = (end_ms - span_start) * len(token) / total
-            words.append({"word": token, "start": round(at / 1000.0, 3), "end": round((at + step) / 1000.0, 3)})
-            at += step
-
-    for event in events:
-        if isinstance(event, SpeechStart):
-            span_start, span_text = event.at_ms, ""
-        elif isinstance(event, Text):
-            text += event.text
-            span_text += event.text
-        elif isinstance(event, SpeechEnd):
-            close_span(event.at_ms)
-            span_start, span_text = None, ""
-    if span_start is not None:
-        close_span(max(span_start, events[-1].at_ms if events else span_start))
+    timer = WordTimer()
+    timer.feed(events)
+    if events:
+        timer.cut(events[-1].at_ms)
+    text = "".join(event.text for event in events if isinstance(event, Text))
+    words = [
+        {"word": w.word, "start": round(w.start_ms / 1000.0, 3), "end": round(w.end_ms / 1000.0, 3)}
+        for w in timer.take()
+    ]
     return text, words
 
 

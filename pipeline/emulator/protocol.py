@@ -31,7 +31,11 @@ Manual endpoint. Text since the last final is pending; an interim `transcript` (
 is sent at each word boundary; ``finalize`` makes it final (even mid-word: "Insert" now, "ing" later)
 and is acknowledged with `flush_done` *after* that final; silence longer than
 ``max_silence_duration_secs`` (default 1.5 s) auto-finalizes; ``close`` (or the older ``done``)
-finalizes, sends `done`, then closes with 1000.
+finalizes, sends `done`, then closes with 1000. Each `transcript` carries ``duration`` (seconds of
+audio since the last final), ``language`` and ``words`` in the official SDK's shape: a list holding one
+``WordTimestamps`` object with parallel lists ``words``, ``start`` and ``end`` (seconds from the start
+of the connection's audio), one entry per token of ``text`` timed so far (all of them on a final;
+times from :class:`pipeline.emulator.words.WordTimer`).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from numpy.typing import NDArray
 from pipeline.audio import bytes_per_sample, decode
 from pipeline.emulator.engines.base import EngineEvent, Recognizer, SpeechEnd, SpeechStart, Text
 from pipeline.emulator.params import DOC_URL, ConnectionParams, ParamError, TurnSettings, turn_settings_update
+from pipeline.emulator.words import TimedWord, WordTimer
 
 DEFAULT_TAU_MS = 500.0
 DEFAULT_MANUAL_AUTO_FINALIZE_S = 1.5
@@ -177,6 +182,7 @@ class _Core:
     def _dispatch(self, events: list[EngineEvent], out: list[Outgoing]) -> None:
         for event in events:
             self._advance(event.at_ms, out)
+            self._timed(event)
             if isinstance(event, SpeechStart):
                 self._in_speech = True
                 self._speech_started(out)
@@ -186,6 +192,9 @@ class _Core:
             elif isinstance(event, Text):
                 self._text(event.text)
             self._settle(out)
+
+    def _timed(self, event: EngineEvent) -> None:
+        """Every engine event, first (word timing)."""
 
     def _advance(self, now_ms: float, out: list[Outgoing]) -> None:
         """Audio time has reached ``now_ms``: act on the silence so far."""
@@ -332,6 +341,8 @@ class ManualSession(_Core):
         self._pending = ""
         self._shown = ""
         self._final_from_ms = 0.0
+        self._timer = WordTimer()
+        self._pending_words: list[TimedWord] = []
         seconds = params.max_silence_duration_secs
         if seconds is None:
             seconds = DEFAULT_MANUAL_AUTO_FINALIZE_S
@@ -375,10 +386,14 @@ class ManualSession(_Core):
         self.closed = True
         return out
 
+    def _timed(self, event: EngineEvent) -> None:
+        self._timer.feed((event,))
+
     def _text(self, text: str) -> None:
         self._pending += text
 
     def _settle(self, out: list[Outgoing]) -> None:
+        self._pending_words.extend(self._timer.take())
         if not self._in_speech and self._pending and self._pending != self._shown:
             self._shown = self._pending
             out.append(self._transcript(self._pending, is_final=False))
@@ -388,9 +403,12 @@ class ManualSession(_Core):
             self._finalize(out)
 
     def _finalize(self, out: list[Outgoing]) -> None:
+        self._timer.cut(self.processed_ms)
+        self._pending_words.extend(self._timer.take())
         if self._pending:
             out.append(self._transcript(self._pending, is_final=True))
         self._pending = self._shown = ""
+        self._pending_words = []
         self._final_from_ms = self.processed_ms
 
     def _transcript(self, text: str, *, is_final: bool) -> dict[str, Any]:
@@ -401,6 +419,13 @@ class ManualSession(_Core):
                 "text": text,
                 "duration": round((self.processed_ms - self._final_from_ms) / 1000.0, 3),
                 "language": self.params.language,
+                "words": [
+                    {
+                        "words": [w.word for w in self._pending_words],
+                        "start": [round(w.start_ms / 1000.0, 3) for w in self._pending_words],
+                        "end": [round(w.end_ms / 1000.0, 3) for w in self._pending_words],
+                    }
+                ],
             }
         )
 

@@ -10,6 +10,8 @@ from typing import Any
 import cartesia
 import pytest
 from cartesia import AsyncCartesia, Cartesia
+from cartesia.types.shared import WordTimestamps
+from cartesia.types.stt import STTManualFinalizeTranscriptResponse
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
 from pipeline.emulator.engines.tones import synthesize
@@ -17,6 +19,8 @@ from tests.support.emulator import EmulatorThread, running_emulator
 
 SCRIPT = ["Hello there.", "How are you today?"]
 EXPECTED = "Hello there. How are you today?"
+# Word spans of synthesize(SCRIPT): 200 ms lead, 40 ms symbols, 80 ms word gaps, 1200 ms between turns.
+EXPECTED_WORDS = [("Hello", 0.2, 0.4), ("there.", 0.48, 0.72), ("How", 1.92, 2.04), ("are", 2.12, 2.24)]
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +97,30 @@ async def test_async_manual_endpoint(emu: EmulatorThread) -> None:
     assert events[-1].type == "done"
 
 
+def test_sdk_parses_manual_word_timestamps_duration_and_language(emu: EmulatorThread) -> None:
+    audio = synthesize(SCRIPT, 16000, "pcm_s16le")
+    client = Cartesia(api_key="k", base_url=emu.base_url)
+    with client.stt.manual_finalize.websocket(
+        encoding="pcm_s16le", model="ink-whisper", sample_rate=16000, language="en"
+    ) as conn:
+        conn.send_raw(audio)
+        conn.send("finalize")
+        conn.send("close")
+        events = list(conn)
+    finals = [e for e in events if isinstance(e, STTManualFinalizeTranscriptResponse) and e.is_final]
+    assert "".join(e.text for e in finals) == EXPECTED
+    stamps = [w for e in finals for w in e.words or []]
+    assert stamps and all(isinstance(w, WordTimestamps) for w in stamps)
+    assert [word for w in stamps for word in w.words] == EXPECTED.split()
+    starts = [t for w in stamps for t in w.start]
+    ends = [t for w in stamps for t in w.end]
+    got = zip([x for w in stamps for x in w.words], starts, ends, strict=True)
+    for (word, start, end), (text, at, until) in zip(got, EXPECTED_WORDS, strict=False):
+        assert (word, start, end) == (text, pytest.approx(at, abs=0.005), pytest.approx(until, abs=0.005))
+    assert all(s < e for s, e in zip(starts, ends, strict=True)) and starts == sorted(starts)
+    assert all(e.language == "en" and e.duration is not None and e.duration > 0 for e in finals)
+
+
 def test_sdk_400_invalid_model_is_an_error_event_then_close(emu: EmulatorThread) -> None:
     client = Cartesia(api_key="k", base_url=emu.base_url)
     with client.stt.auto_finalize.websocket(
@@ -153,8 +181,6 @@ def wav_file(audio: bytes, rate: int = 16000, channels: int = 1) -> bytes:
     return buf.getvalue()
 
 
-# Word spans of synthesize(SCRIPT): 200 ms lead, 40 ms symbols, 80 ms word gaps, 1200 ms between turns.
-EXPECTED_WORDS = [("Hello", 0.2, 0.4), ("there.", 0.48, 0.72), ("How", 1.92, 2.04), ("are", 2.12, 2.24)]
 
 
 def test_sync_batch_transcribe_wav_with_word_timestamps(emu: EmulatorThread) -> None:

@@ -382,3 +382,69 @@ def test_variants_change_only_what_the_docs_leave_open() -> None:
     )
     feed_ms(manual, 400)
     assert kinds(manual.text("finalize")) == ["flush_done", "transcript"]
+
+
+# -- manual endpoint: word timestamps ------------------------------------------------------------
+
+
+def word_lists(event: Outgoing) -> tuple[list[str], list[float], list[float]]:
+    """The one ``WordTimestamps`` object of a manual `transcript` event (the SDK 4.2 shape)."""
+    assert isinstance(event, dict)
+    (stamps,) = event["words"]
+    assert set(stamps) == {"words", "start", "end"}
+    return stamps["words"], stamps["start"], stamps["end"]
+
+
+def test_manual_transcripts_carry_word_times_duration_and_language() -> None:
+    events = words((100, 300, "Hello"), (380, 600, " world"))
+    session = ManualSession(params("manual", language="de"), ScriptRecognizer(events), "r")
+    out = [o for o in feed_ms(session, 2500) if isinstance(o, dict)]
+    assert [word_lists(o) for o in out] == [
+        (["Hello"], [0.1], [0.3]),
+        (["Hello", "world"], [0.1, 0.38], [0.3, 0.6]),
+        (["Hello", "world"], [0.1, 0.38], [0.3, 0.6]),
+    ]
+    assert all(o["language"] == "de" for o in out)
+    final = out[-1]
+    assert final["is_final"] is True and final["duration"] == pytest.approx(2.1, abs=0.1)
+
+
+def test_manual_word_times_restart_after_a_final_and_split_with_the_text() -> None:
+    events: list[EngineEvent] = [SpeechStart(100), Text("Insert", 340), Text("i", 380), Text("n", 420), Text("g", 460)]
+    script = ScriptRecognizer([*events, SpeechEnd(500), *words((900, 1100, " on"))])
+    session = ManualSession(params("manual"), script, "r")
+    feed_ms(session, 400)
+    first = session.text("finalize")[0]
+    assert word_lists(first) == (["Inserti"], [0.1], [0.4])  # the finalize cuts the word where it is
+    out = [o for o in feed_ms(session, 900) + session.text("close") if isinstance(o, dict) and o.get("is_final")]
+    assert [o["text"] for o in out] == ["ng on"]
+    assert word_lists(out[0]) == (["ng", "on"], [0.4, 0.9], [0.5, 1.1])
+
+
+def test_manual_words_are_the_tokens_of_the_text_on_every_final() -> None:
+    # The whisper engine's order: a segment ends, then its text arrives (shared by length in the span).
+    events: list[EngineEvent] = [SpeechStart(100), SpeechEnd(700), Text("One two three", 730)]
+    session = ManualSession(params("manual"), ScriptRecognizer(events), "r")
+    feed_ms(session, 800)
+    (final, _flush) = session.text("finalize")
+    assert isinstance(final, dict) and final["is_final"]
+    tokens, start, end = word_lists(final)
+    assert tokens == final["text"].split() == ["One", "two", "three"]
+    assert start == [0.1, 0.264, 0.427] and end == [0.264, 0.427, 0.7]  # 600 ms shared 3:3:5
+
+
+def test_manual_tones_word_times_are_exact() -> None:
+    from pipeline.emulator.engines.tones import TonesEngine, synthesize, word_times
+
+    script = ["Alpha bravo", 600, "charlie."]
+    session = ManualSession(params("manual"), TonesEngine().recognizer(RATE), "r")
+    out = session.audio(synthesize(script, RATE, "pcm_s16le", tail_ms=300)) + session.text("finalize")
+    finals = [o for o in out if isinstance(o, dict) and o.get("is_final")]
+    tokens = [w for o in finals for w in word_lists(o)[0]]
+    starts = [t for o in finals for t in word_lists(o)[1]]
+    ends = [t for o in finals for t in word_lists(o)[2]]
+    expected = word_times(script)
+    assert tokens == [w for w, _, _ in expected]
+    # Onsets are found on 1 ms frames under a 5 ms ramp; ends are the word's last symbol boundary.
+    assert starts == pytest.approx([s / 1000 for _, s, _ in expected], abs=0.003)
+    assert ends == pytest.approx([e / 1000 for _, _, e in expected], abs=0.003)

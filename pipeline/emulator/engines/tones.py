@@ -113,6 +113,16 @@ def _layout(script: Script, lead_ms: int, tail_ms: int) -> tuple[list[tuple[floa
     return words, t + (pause or 0) + tail_ms
 
 
+def word_times(script: Script, *, lead_ms: int = 200) -> list[tuple[str, float, float]]:
+    """Each word of :func:`synthesize` ``(script, lead_ms=lead_ms)`` with its start and end in ms.
+
+    A word's signal runs from its start for 40 ms per symbol; the recognizer detects its onset on
+    1 ms frames, so its word times match these to within a few ms.
+    """
+    words, _total = _layout(script, lead_ms, 0)
+    return [(word, start, start + len(word) * SYMBOL_MS) for start, word in words]
+
+
 @cache
 def _symbol_waveforms(sample_rate: int) -> NDArray[np.float32]:
     """One row per alphabet symbol: its tone pair under the ramp envelope."""
