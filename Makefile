@@ -14,9 +14,9 @@ export KAFKA_PORT EMULATOR_PORT KAFKA_SECURITY
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[asr,analytics,dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[asr,analytics,dev]'
 	touch $@
 
 .cache/setup.done: $(VENV)/.installed infra/install-espeak.sh infra/kafka/pom.xml
@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	bash infra/kafka/kafka.sh fetch
 	mkdir -p .cache && touch $@
 
-## setup: virtualenv, Python deps (pinned), espeak-ng, Kafka broker jars from Maven Central
+## setup: virtualenv, Python deps (locked: constraints.txt), espeak-ng, Kafka broker jars from Maven Central
 setup: .cache/setup.done
 
 ## test: the whole suite (starts its own Kafka broker and STT emulators)

@@ -7,22 +7,14 @@ import asyncio
 import contextlib
 import signal
 import sys
-from importlib import metadata
 
-from pipeline import logs
+from pipeline import DISTRIBUTION, __version__, logs
 from pipeline import settings as worker_settings
 from pipeline.emulator import cli as emulator_cli
 from pipeline.settings import Settings, SettingsError
 from pipeline.tools import cli as tools_cli
 
-PROG = "stt-pipeline"
-
-
-def _version() -> str:
-    try:
-        return metadata.version(PROG)
-    except metadata.PackageNotFoundError:
-        return "unknown (not installed)"
+PROG = DISTRIBUTION
 
 
 async def _run_worker(config: Settings) -> int:
@@ -90,7 +82,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--log-level", default=None, help=worker_settings.help_text("log_level"))
     parser.add_argument("--log-format", default=None, help=worker_settings.help_text("log_format"))
     commands = parser.add_subparsers(dest="command", required=True)

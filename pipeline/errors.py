@@ -7,6 +7,8 @@
 - :class:`KafkaSetupError`, :class:`DeliveryError`: the broker side (topics, transactions).
 - :class:`ContractError`: a record does not match the wire contract (:mod:`pipeline.contract`).
 - :class:`IllegalTransition`: a state machine was asked for a transition it does not have.
+- :class:`ClientError`: a call of the client library (:mod:`pipeline.client`) that would publish input
+  the worker rejects; raised before anything is sent.
 
 Messages never carry provider-supplied text: that text stays in attributes, for records to scrub.
 """
@@ -33,6 +35,10 @@ class InputError(PipelineError, ValueError):
 
 class ContractError(PipelineError, ValueError):
     """A record does not match its wire contract (missing field, wrong type, unknown value)."""
+
+
+class ClientError(PipelineError, ValueError):
+    """A client-library call that would break the input contract (bad chunk, format, key); nothing was sent."""
 
 
 class KafkaSetupError(PipelineError, RuntimeError):

@@ -13,11 +13,14 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 from pydantic import SecretStr
 from websockets.asyncio.client import ClientConnection, connect
 
+from pipeline import DISTRIBUTION, __version__
 from pipeline.records import AudioFormat
 from pipeline.settings import Settings, default
 
 PATHS = {"auto": "/stt/turns/websocket", "manual": "/stt/websocket"}
 _SCHEMES = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
+USER_AGENT = f"{DISTRIBUTION}/{__version__}"
+"""The ``User-Agent`` of the upgrade request: the installed distribution's version (package metadata)."""
 
 
 def stt_url(base_url: str, fmt: AudioFormat) -> str:
@@ -33,8 +36,9 @@ def stt_url(base_url: str, fmt: AudioFormat) -> str:
 
 
 def stt_headers(api_key: str | SecretStr, version: str) -> dict[str, str]:
+    """The upgrade request's headers: ``Cartesia-Version``, ``User-Agent``, and the key as a Bearer token."""
     key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
-    headers = {"Cartesia-Version": version, "User-Agent": "stt-pipeline/0.1"}
+    headers = {"Cartesia-Version": version, "User-Agent": USER_AGENT}
     if key:
         headers["Authorization"] = f"Bearer {key}"
     return headers

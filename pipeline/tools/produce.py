@@ -1,7 +1,8 @@
 """`stt-pipeline produce`: stream a WAV file to the audio topic as one session, following the wire contract.
 
 The records are planned up front by :func:`plan_records` (pure: chunks, headers, send times) and then
-published by :func:`produce_audio`, either at realtime pace on an absolute clock (record ``k`` leaves at
+published by :func:`produce_audio` through a :class:`pipeline.client.AudioSession` (which owns ``seq``
+and the headers), either at realtime pace on an absolute clock (record ``k`` leaves at
 ``t0`` plus the audio time before it, so sleeping never accumulates drift) or as fast as possible.
 """
 
@@ -13,15 +14,15 @@ import math
 import sys
 import time
 import wave
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TextIO
+from typing import TYPE_CHECKING, Literal, NamedTuple, TextIO
 
 import numpy as np
 
 from pipeline.audio import Encoding, bytes_per_sample, convert, decode, frame_bytes
+from pipeline.client import TopicNotFound as TopicNotFound  # raised by produce_audio; callers catch it here
 from pipeline.records import MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 
 if TYPE_CHECKING:
@@ -37,10 +38,6 @@ SILENCE_RMS = 0.01
 
 class ProduceError(ValueError):
     """Input that cannot be turned into valid `stt.audio` records."""
-
-
-class TopicNotFound(RuntimeError):
-    """The audio topic does not exist (the broker does not auto-create topics; the worker does)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,10 +210,8 @@ async def produce_audio(
     stops early and (with ``end``) the ``end`` record still goes out, so the session closes cleanly.
     Raises :class:`TopicNotFound` if ``topic`` does not appear within ``topic_timeout_s``.
     """
-    from aiokafka import AIOKafkaProducer
-    from aiokafka.errors import UnknownTopicOrPartitionError
-
-    from pipeline.kafka.clients import connection, kafka_options
+    from pipeline.client import AudioProducer
+    from pipeline.kafka.clients import connection
 
     plan = plan_records(
         pcm,
@@ -232,23 +227,24 @@ async def produce_audio(
         end=end,
         first_seq=first_seq,
     )
-    frame = bytes_per_sample(encoding) * channels
-    total_s = len(pcm) / frame / sample_rate
-    key = session_id.encode("utf-8")
-    producer = AIOKafkaProducer(**kafka_options(connection(bootstrap), "produce"), enable_idempotence=True, acks="all")
+    total_s = len(pcm) / (bytes_per_sample(encoding) * channels) / sample_rate
+    producer = AudioProducer.from_settings(connection(bootstrap), topic=topic)
     await producer.start()
     try:
         # The realtime clock starts once the topic's metadata is in, i.e. when sending can.
-        try:
-            await asyncio.wait_for(producer.partitions_for(topic), topic_timeout_s)
-        except (TimeoutError, UnknownTopicOrPartitionError):
-            raise TopicNotFound(f"topic {topic!r} does not exist (the worker creates it at start)") from None
+        await producer.wait_for_topic(topic_timeout_s)
+        session = producer.session(
+            session_id,
+            encoding=encoding,
+            sample_rate=sample_rate,
+            endpoint=endpoint,
+            channels=channels,
+            model=model,
+            language=language,
+            first_seq=first_seq,
+        )
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        pending: deque[asyncio.Future[Any]] = deque()
-        sent = 0
-        sent_s = 0.0
-        seq = first_seq
         for record in plan:
             kind = record.headers["type"]
             stopped = stop is not None and stop.is_set()
@@ -263,32 +259,18 @@ async def produce_audio(
                         await asyncio.wait_for(stop.wait(), delay)
                     if stop.is_set() and kind != "end":
                         continue
-            headers = dict(record.headers)
-            headers["seq"] = str(seq)
-            pending.append(await _send(producer, topic, key, headers, record.value))
-            seq += 1
-            sent += 1
-            _raise_failed(pending)
             if kind == "audio":
-                sent_s += len(record.value) / frame / sample_rate
+                await session.send(record.value)
                 if progress is not None:
-                    progress(sent_s, total_s)
-        await asyncio.gather(*pending)
-        return sent
+                    progress(session.audio_seconds_sent, total_s)
+            elif kind == "finalize":
+                await session.finalize()
+            else:
+                await session.end()
+        await session.flush()
+        return session.records_sent
     finally:
         await producer.stop()
-
-
-async def _send(producer: Any, topic: str, key: bytes, headers: dict[str, str], value: bytes) -> asyncio.Future[Any]:
-    encoded = [(name, text.encode("utf-8")) for name, text in headers.items()]
-    future: asyncio.Future[Any] = await producer.send(topic, value=value, key=key, headers=encoded)
-    return future
-
-
-def _raise_failed(pending: deque[asyncio.Future[Any]]) -> None:
-    """Surface a delivery failure now rather than after the whole file."""
-    while pending and pending[0].done():
-        pending.popleft().result()
 
 
 class ProgressBar:

@@ -2,7 +2,8 @@
 
 :class:`TurnRenderer` is pure: it takes decoded records and returns the lines to print, plus one live
 line per session with a turn in progress. :class:`TerminalOutput` draws those, redrawing the live
-lines in place on a terminal. :func:`tail` feeds them from a group-less ``read_committed`` consumer.
+lines in place on a terminal. :func:`tail` feeds them from a group-less ``read_committed`` consumer of
+:mod:`pipeline.client`.
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ import shutil
 import sys
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TextIO
-
-import orjson
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 if TYPE_CHECKING:
     from pipeline.settings import Settings
@@ -244,24 +243,31 @@ async def tail(
     timeout_s: float | None = None,
     stop: asyncio.Event | None = None,
     errors: TextIO = sys.stderr,
+    records: Literal["turns", "transcripts"] | None = None,
 ) -> bool:
     """Render ``topic`` until ``until_sessions`` sessions ended, ``timeout_s`` passed or ``stop`` is set.
 
+    ``records``: what the topic holds; by default transcripts if ``topic`` is the settings' transcripts
+    topic, else turn events. A record that breaks the contract is skipped with a warning.
     Returns False only if ``until_sessions`` was given and not reached.
     """
-    from aiokafka import AIOKafkaConsumer
+    from pipeline.client import InvalidRecord, TranscriptsConsumer, TurnsConsumer
+    from pipeline.kafka.clients import connection
 
-    from pipeline.kafka.clients import connection, kafka_options
+    settings = connection(bootstrap)
+    if records is None:
+        records = "transcripts" if topic == settings.transcripts_topic else "turns"
 
-    consumer = AIOKafkaConsumer(
-        topic,
-        **kafka_options(connection(bootstrap), "tail"),
-        group_id=None,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        auto_offset_reset="earliest" if from_beginning else "latest",
-        # Notice a topic created after we started (the worker creates them) within seconds.
-        metadata_max_age_ms=3000,
+    def skipped(invalid: InvalidRecord) -> None:
+        warning = f"tail: skipping a record that breaks the contract at {invalid}"
+        if output.live:
+            output.show([warning], renderer.live_lines)
+        else:
+            errors.write(warning + "\n")
+
+    kind = TranscriptsConsumer if records == "transcripts" else TurnsConsumer
+    consumer = kind.from_settings(
+        settings, topic=topic, from_beginning=from_beginning, on_invalid=skipped, role="tail"
     )
     loop = asyncio.get_running_loop()
     deadline = None if timeout_s is None else loop.time() + timeout_s
@@ -274,22 +280,8 @@ async def tail(
                 break
             if deadline is not None and loop.time() >= deadline:
                 break
-            batches = await consumer.getmany(timeout_ms=200)
-            for records in batches.values():
-                for message in records:
-                    try:
-                        record = orjson.loads(message.value or b"")
-                    except orjson.JSONDecodeError:
-                        record = None
-                    if not isinstance(record, dict):
-                        where = f"{topic}/{message.partition}@{message.offset}"
-                        warning = f"tail: skipping a record that is not a JSON object at {where}"
-                        if output.live:
-                            output.show([warning], renderer.live_lines)
-                        else:
-                            errors.write(warning + "\n")
-                        continue
-                    output.show(renderer.feed(record), renderer.live_lines)
+            for record in await consumer.getmany(timeout_ms=200):
+                output.show(renderer.feed(record.to_dict()), renderer.live_lines)
         return until_sessions is None or renderer.sessions_ended >= until_sessions
     finally:
         output.close()
