@@ -48,6 +48,7 @@ def secured_settings(broker: KafkaBroker, **changes: Any) -> Settings:
 
 def run_cli(env: dict[str, str], *argv: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("STT_", "KAFKA_", "CARTESIA_"))}
+    base["STT_HTTP_PORT"] = "0"  # no HTTP server: these runs are about Kafka, and tests bind loopback only
     return subprocess.run(
         [STT_PIPELINE, *argv], env={**base, **env}, capture_output=True, text=True, timeout=timeout, check=False
     )

@@ -112,7 +112,12 @@ print(USER_AGENT)
 def test_the_worker_without_a_broker_fails_clearly(installed: Path, tmp_path: Path) -> None:
     (port,) = free_ports(1)
     bootstrap = f"127.0.0.1:{port}"
-    env = {**outside_env(installed), "KAFKA_BOOTSTRAP_SERVERS": bootstrap}
+    env = {
+        **outside_env(installed),
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "STT_HTTP_HOST": "127.0.0.1",  # tests bind loopback only
+        "STT_HTTP_PORT": str(free_ports(1)[0]),
+    }
     done = subprocess.run(
         [str(installed / "bin" / "stt-pipeline"), "worker"],
         cwd=tmp_path,
