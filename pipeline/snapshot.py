@@ -29,6 +29,8 @@ class Counters:
     fenced: int = 0
     quarantined: int = 0
     pauses: int = 0
+    resumes: int = 0
+    partitions_kept: int = 0  # kept with their sessions across a rebalance
     session_crashes: int = 0
     sessions_ended: dict[str, int] = field(default_factory=dict)
 

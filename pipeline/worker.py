@@ -245,6 +245,7 @@ class Worker:
                 self.counters.pauses += 1
             elif action is FlowAction.RESUME:
                 consumer.resume(owned.tp)
+                self.counters.resumes += 1
             rewind = self._router.rewind(number) if owned.state.catch_up_to is None else None
             if rewind is not None:
                 consumer.seek(owned.tp, rewind)
@@ -302,6 +303,7 @@ class Worker:
         for partition in sorted(kept):  # sessions and sockets carry on; re-read records are skipped
             owned = self._parts[partition]
             owned.state.keep(owned.book.watermark.position)
+            self.counters.partitions_kept += 1
         new = sorted(p for p in assigned if p not in self._parts)
         txns = {}
         for partition in new:  # fence the previous owners first: their open transactions end now

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -92,6 +95,12 @@ class WorkerProcess:
         self.proc.send_signal(signal.SIGTERM)
         self.exits.append(self.proc.wait(timeout))
         return time.monotonic() - started
+
+    def status(self) -> dict[str, Any]:
+        """The running worker's ``Worker.snapshot()``, read from its ``/status`` endpoint."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/status", timeout=10) as response:
+            status: dict[str, Any] = json.loads(response.read())
+        return status
 
     def log_tail(self, lines: int = 40) -> str:
         try:
