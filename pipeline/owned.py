@@ -10,6 +10,7 @@ Kafka is not taking writes (see :meth:`~pipeline.partition.Partition.write_stall
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import time
@@ -39,14 +40,17 @@ class OwnedPartition:
         self.committing_since: float | None = None  # a transaction is in flight since (monotonic)
         self.dormant: dict[str, float] = {}  # open checkpoints not resumed since the assignment → since
         self.last_record_ms: int | None = None  # timestamp of the newest record read
-
-    def stalled(self, now: float, threshold_ms: float) -> bool:
-        """Whether the transaction in flight has hung for longer than ``threshold_ms``."""
-        return self.committing_since is not None and (now - self.committing_since) * 1000 > threshold_ms
+        self._one_at_a_time = asyncio.Lock()  # the commit loop and a rebalance callback may both commit
 
     async def commit(self, settings: Settings, counters: Counters, letter_bytes: int) -> Outcome:
+        async with self._one_at_a_time:
+            return await self._commit(settings, counters, letter_bytes)
+
+    async def _commit(self, settings: Settings, counters: Counters, letter_bytes: int) -> Outcome:
         plan = self.book.plan()
         self.committing_since = time.monotonic()
+        # A transaction that hangs means Kafka refuses writes; say so the moment it is late, not later.
+        stall = asyncio.get_running_loop().call_later(settings.write_stall_ms / 1000, self._stalled)
         try:
             await self.txn.commit(plan)
         except Fenced:
@@ -66,6 +70,7 @@ class OwnedPartition:
             counters.transaction_failures += 1
             return Outcome.FAILED
         finally:
+            stall.cancel()
             self.committing_since = None
             if self.state.state is not PartitionState.RELEASED:
                 self.state.write_ok(time.monotonic())
@@ -73,6 +78,10 @@ class OwnedPartition:
         counters.transactions += not plan.empty
         metrics.observe_committed(plan)
         return Outcome.COMMITTED
+
+    def _stalled(self) -> None:
+        if self.state.state is not PartitionState.RELEASED:
+            self.state.write_stalled()
 
     def snapshot(self, *, highwater: int | None, open_sessions: int, deferred: int, queued: int) -> PartitionSnapshot:
         position = self.book.watermark.position

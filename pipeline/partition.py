@@ -13,7 +13,8 @@ States (:class:`PartitionState`), the most restrictive condition wins:
 ``CATCHING_UP``   re-reading records handled before (kept across a rebalance, or re-reading records a
                   full session cap deferred) until the consumer is back at ``catch_up_to``.
 ``RECOVERING``    Kafka answers again after an outage. Producers reconnect on their own schedule, so
-                  the partition stays not live until a record arrives or ``recovery_grace_s`` passes.
+                  the partition stays not live for ``recovery_grace_s`` (records keep flowing meanwhile;
+                  only silence fill waits).
 ``DISCONNECTED``  no fetch answer for ``fetch_silence_ms``, the consumer lost its connection, or the
                   worker's own transaction hangs (Kafka refuses writes: so do the producers').
 ``PAUSED``        backpressure: the sessions hold more than ``pause_high_bytes`` of queued audio.
@@ -152,7 +153,7 @@ class Partition:
 
     def write_ok(self, now: float) -> None:
         """The worker's transaction finished (committed or failed). After a stall, the partition
-        recovers like after an outage: live again on a record, or after ``recovery_grace_s``."""
+        recovers like after an outage: live again after ``recovery_grace_s``."""
         self._require_owned_or_frozen("write_ok")
         if self._write_stalled:
             self._write_stalled = False
@@ -162,9 +163,11 @@ class Partition:
         self._settle()
 
     def records_fetched(self, now: float) -> None:
-        """A fetch returned records for this partition: the producers are back, if they were gone."""
+        """A fetch returned records for this partition. That ends the wait for a first answer, but not a
+        recovery: records fetched right after an outage may have been written before it, or be the
+        backlog of one producer while others are still reconnecting. Only ``recovery_grace_s`` does."""
         self._require_owned_or_frozen("records_fetched")
-        if self._link in (_Link.UNKNOWN, _Link.RECOVERING):
+        if self._link is _Link.UNKNOWN:
             self._link = _Link.UP
         self._answered = True
         self._settle()

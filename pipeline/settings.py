@@ -228,6 +228,12 @@ class Settings(BaseSettings):
     fetch_silence_ms: int = _setting(
         250, "STT_FETCH_SILENCE_MS", "no fetch response this long: the partition counts as not live", ge=1
     )
+    write_stall_ms: int = _setting(
+        150,
+        "STT_WRITE_STALL_MS",
+        "the worker's own transaction hanging this long means Kafka refuses writes: partitions not live",
+        ge=1,
+    )
     completed_memory: int = _setting(
         100_000,
         "STT_COMPLETED_MEMORY",

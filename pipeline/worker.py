@@ -145,6 +145,7 @@ class Worker:
                 await committer
             await self._hand_off(list(self._parts))
             await consumer.stop()
+            await self._hand_off(list(self._parts))  # assigned while stopping: nothing was read from them
             self._running = False
             log.info("worker stopped: %s", self.counters)
 
@@ -233,8 +234,6 @@ class Worker:
                 continue
             link = read_link(consumer, owned.tp)
             owned.state.fetch_answered(now, link.answered_ms_ago, connected=link.connected)
-            if owned.stalled(now, self.settings.fetch_silence_ms):
-                owned.state.write_stalled()
             highwater = consumer.highwater(owned.tp)
             position = await consumer.position(owned.tp)
             owned.state.position_reached(position)
@@ -296,7 +295,8 @@ class Worker:
         assert consumer is not None
         settings = self.settings
         assigned = {tp.partition for tp in assigned_tps}
-        kept, lost = self._revoked & assigned, self._revoked - assigned
+        revoked = self._revoked & set(self._parts)  # not those fenced and dropped since
+        kept, lost = revoked & assigned, revoked - assigned
         self._revoked = set()
         for partition in sorted(lost):  # committed at revocation; the new owner resumes from there
             await self._drop(partition)
@@ -344,7 +344,7 @@ class Worker:
         revoked = sorted(tp.partition for tp in revoked_tps if tp.partition in self._parts)
         parts = [self._parts[p] for p in revoked if self._parts[p].state.owned]  # not those frozen already
         await self._settle(parts)
-        for owned in parts:
+        for owned in self._still_owned(parts):  # a fenced partition was dropped meanwhile
             owned.state.revoke(time.monotonic())
         self._revoked |= set(revoked)
 
@@ -377,12 +377,15 @@ class Worker:
         parts = [self._parts[p] for p in partitions if p in self._parts]
         started = time.monotonic()
         await self._settle(parts, close=True)
-        for owned in parts:
+        for owned in self._still_owned(parts):
             await owned.txn.stop()
             owned.state.release()
             self._parts.pop(owned.tp.partition, None)
             self._router.unassign(owned.tp.partition)
         log.info("handed off %s in %.2f s", [o.tp.partition for o in parts], time.monotonic() - started)
+
+    def _still_owned(self, parts: list[OwnedPartition]) -> list[OwnedPartition]:
+        return [o for o in parts if self._parts.get(o.tp.partition) is o]
 
     async def _drop(self, partition: int) -> None:
         """The partition is lost (revoked for good, or fenced): stop its sessions, commit nothing."""

@@ -84,6 +84,7 @@ DOCUMENTED = {
     "recovery_grace_s": "STT_RECOVERY_GRACE_S",
     "fetch_max_wait_ms": "STT_FETCH_MAX_WAIT_MS",
     "fetch_silence_ms": "STT_FETCH_SILENCE_MS",
+    "write_stall_ms": "STT_WRITE_STALL_MS",
     "completed_memory": "STT_COMPLETED_MEMORY",
     "max_key_bytes": "STT_MAX_KEY_BYTES",
     "max_header_bytes": "STT_MAX_HEADER_BYTES",
