@@ -17,12 +17,13 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[asr,analytics,dev]'
 	touch $@
 
-.cache/setup.done: $(VENV)/.installed infra/install-espeak.sh infra/kafka/pom.xml
+.cache/setup.done: $(VENV)/.installed infra/install-espeak.sh infra/install-chromium.sh infra/kafka/pom.xml
 	bash infra/install-espeak.sh
+	bash infra/install-chromium.sh
 	bash infra/kafka/kafka.sh fetch
 	mkdir -p .cache && touch $@
 
-## setup: virtualenv, Python deps (pinned), espeak-ng, Kafka broker jars from Maven Central
+## setup: virtualenv, Python deps (pinned), espeak-ng, chromium (+ driver), Kafka broker jars from Maven Central
 setup: .cache/setup.done
 
 ## test: the whole suite (starts its own Kafka broker and STT emulators)

@@ -226,6 +226,11 @@ class Analytics:
             "final": row,
         }
 
+    def ready(self) -> bool:
+        """Tables restored from their changelogs and partitions assigned: the views are complete."""
+        recovery: Any = getattr(self.app.tables, "recovery")  # noqa: B009  # not in TableManagerT
+        return bool(recovery.completed.is_set()) and not self.app.rebalancing
+
     def stats(self, minutes: int) -> dict[str, Any]:
         by_minute: dict[int, list[core.Window]] = {}
         for key, window in self.windows.items():

@@ -125,10 +125,11 @@ def write_table(columns: list[str], rows: list[list[Any]], out: TextIO) -> None:
 
 
 def write_csv(columns: list[str], rows: list[list[Any]], out: TextIO) -> None:
+    """CSV with every value in full (floats as ``repr``, no rounding)."""
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
-        writer.writerow([_shown(v) for v in row])
+        writer.writerow([repr(v) if isinstance(v, float) else _shown(v) for v in row])
 
 
 def run_app(settings: Settings) -> int:

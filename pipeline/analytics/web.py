@@ -35,6 +35,14 @@ def register(analytics: Analytics) -> None:
         async def get(self, request: Request) -> Response:
             return self.html(DASHBOARD)
 
+    @app.page("/ready")
+    class Ready(View):
+        """200 once the tables are restored and partitions assigned (503 before): for probes and tests."""
+
+        async def get(self, request: Request) -> Response:
+            ready = analytics.ready()
+            return self.json({"ready": ready}, status=200 if ready else 503)
+
     @app.page("/sessions")
     class Sessions(View):
         async def get(self, request: Request) -> Response:
