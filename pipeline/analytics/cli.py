@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     query = actions.add_parser("query", help="run SQL on the DuckDB store and print the rows")
     query.add_argument("sql", help='e.g. "SELECT status, count(*) FROM sessions GROUP BY status"')
     query.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    summary = actions.add_parser("summary", help="a one-screen summary from the running app's views")
+    summary.add_argument("--minutes", type=int, default=60, help="how far back the counters go (default 60)")
     export = actions.add_parser("export", help="write the sessions and turns tables as Parquet files")
     export.add_argument("directory", type=Path, help="where sessions.parquet and turns.parquet go")
 
@@ -42,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.action is None:
         return run_app(settings)
+    if args.action == "summary":
+        return print_summary(settings, args.minutes, sys.stdout)
     if args.action == "export":
         directory = args.directory.resolve()
         directory.mkdir(parents=True, exist_ok=True)
@@ -95,6 +99,49 @@ def _ask_app(settings: Settings, sql: str, why: Exception) -> tuple[list[str], l
     except (urllib.error.URLError, OSError) as exc:
         raise QueryError(f"{why} (and the analytics app at {url} did not answer: {exc})") from None
     return list(body["columns"]), [list(row) for row in body["rows"]]
+
+
+def _get(settings: Settings, path: str) -> Any:
+    url = f"http://{settings.analytics_host}:{settings.analytics_port}{path}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def print_summary(settings: Settings, minutes: int, out: TextIO) -> int:
+    """Sessions, turns, words, `end` → final latency and problems of the last ``minutes``, and the
+    latest finals, as the running app's views show them."""
+    try:
+        stats = _get(settings, f"/stats?minutes={minutes}")
+        recent = _get(settings, "/recent?limit=5")["sessions"]
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"{PROG}: the analytics app does not answer: {exc}", file=sys.stderr)
+        return 1
+    counts, latency = stats["total"]["counts"], stats["total"]["latency_ms"]
+    ended = {k.split(".", 1)[1]: v for k, v in counts.items() if k.startswith("sessions_ended.")}
+    problems = {k: v for k, v in counts.items() if k.startswith(("errors.", "dead_letters."))}
+    out.write(f"last {minutes} min: {counts.get('sessions_started', 0)} sessions started, ")
+    ended_text = ", ".join(f"{n} {status}" for status, n in ended.items()) or "none"
+    out.write(f"{stats['open_sessions']} open now, ended: {ended_text}\n")
+    out.write(f"turns {counts.get('turns', 0)}, words {counts.get('words', 0)}, ")
+    out.write(f"audio {counts.get('audio_s', 0):.1f} s\n")
+    if latency["n"]:
+        out.write(f"end -> session final: p50 {latency['p50']} ms, p95 {latency['p95']} ms (n={latency['n']})\n")
+    out.write(f"errors and dead letters: {', '.join(f'{k} {v}' for k, v in problems.items()) or 'none'}\n")
+    if recent:
+        out.write("latest finals:\n")
+        write_table(
+            ["session", "status", "turns", "words", "latency_ms", "transcript"],
+            [
+                [r["session_id"], r["status"], r["turns"], r["words"], r["latency_ms"], _cut(r["transcript"], 60)]
+                for r in recent
+            ],
+            out,
+        )
+    return 0
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _shown(value: Any) -> str:
