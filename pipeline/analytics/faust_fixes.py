@@ -1,4 +1,4 @@
-"""Two fixes for faust-streaming 0.15.3 (with aiokafka 0.14), applied when the analytics app is built.
+"""Three fixes for faust-streaming 0.15.3 (with aiokafka 0.14), applied when the analytics app is built.
 Without them a kill -9 and restart lost records (found by tests/integration/test_analytics.py: a
 `turn.end` missing from both the tables and the store, which only a record never processed explains).
 
@@ -13,12 +13,18 @@ Without them a kill -9 and restart lost records (found by tests/integration/test
    and each commit advances the committed offset past only one marker: with a worker committing every
    200 ms the committed offset falls ever further behind (measured: 62 committed of ~75 processed after a
    minute), so a restart replays ever more. The fix ends the gap before the record that revealed it.
+3. After a rebalance, recovery resumed fetching the stream partitions *before* seeking them to their
+   committed offsets. Records fetched in between were processed, the seek then rewound, and the
+   consumer dropped every re-fetched record below the highest offset read so far ("DROPPED MESSAGE
+   ROFF" in its dev log), including records it had skipped in between: lost. The fix seeks first and
+   then resumes fetching.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
 
 _APPLIED = "_stt_fixes_applied"
@@ -42,4 +48,31 @@ def apply() -> None:
 
     Consumer._add_gap = _add_gap  # type: ignore[method-assign]
     Consumer.ack = _ack  # type: ignore[method-assign]
+    Recovery._resume_streams = _resume_streams  # type: ignore[method-assign]
     setattr(Consumer, _APPLIED, True)
+
+
+async def _resume_streams(self: Any, generation_id: int = 0) -> None:
+    """``Recovery._resume_streams`` of faust-streaming 0.15.3 with the seek moved before the resume."""
+    app = self.app
+    consumer = app.consumer
+    await app.on_rebalance_complete.send()
+    assignment = consumer.assignment()
+    if app.consumer_generation_id != generation_id:
+        self.log.warning("Recovery rebalancing again")
+        return
+    if assignment:
+        self.log.info("Seek stream partitions to committed offsets.")
+        await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
+        consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
+    else:
+        self.log.info("Resuming streams with empty assignment")
+    self.completed.set()
+    self.log.info("Resuming flow...")
+    app.flow_control.resume()
+    consumer.resume_flow()
+    await app._fetcher.maybe_start()
+    self.tables.on_actives_ready()
+    self.tables.on_standbys_ready()
+    app.on_rebalance_end()
+    self.log.info("Worker ready")
