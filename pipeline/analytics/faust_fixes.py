@@ -13,15 +13,16 @@ Without them a kill -9 and restart lost records (found by tests/integration/test
    and each commit advances the committed offset past only one marker: with a worker committing every
    200 ms the committed offset falls ever further behind (measured: 62 committed of ~75 processed after a
    minute), so a restart replays ever more. The fix ends the gap before the record that revealed it.
-3. After a rebalance, recovery resumed fetching the stream partitions *before* seeking them to their
-   committed offsets. Records fetched in between were processed, the seek then rewound, and the
-   consumer dropped every re-fetched record below the highest offset read so far ("DROPPED MESSAGE
-   ROFF" in its dev log), including records it had skipped in between: lost. The fix seeks first and
-   then resumes fetching.
+3. After a rebalance, recovery (both of its paths: with and without tables to restore) resumed
+   fetching the stream partitions *before* seeking them to their committed offsets. Records fetched in
+   between were processed, the seek then rewound, and the consumer dropped every re-fetched record below
+   the highest offset read so far ("DROPPED MESSAGE ROFF" in its dev log), including records it had
+   skipped in between: lost. The fix seeks first and then resumes fetching.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from faust.tables.recovery import Recovery
@@ -49,6 +50,7 @@ def apply() -> None:
     Consumer._add_gap = _add_gap  # type: ignore[method-assign]
     Consumer.ack = _ack  # type: ignore[method-assign]
     Recovery._resume_streams = _resume_streams  # type: ignore[method-assign]
+    Recovery.on_recovery_completed = _on_recovery_completed  # type: ignore[method-assign]
     setattr(Consumer, _APPLIED, True)
 
 
@@ -74,5 +76,39 @@ async def _resume_streams(self: Any, generation_id: int = 0) -> None:
     await app._fetcher.maybe_start()
     self.tables.on_actives_ready()
     self.tables.on_standbys_ready()
+    app.on_rebalance_end()
+    self.log.info("Worker ready")
+
+
+async def _on_recovery_completed(self: Any, generation_id: int = 0) -> None:
+    """``Recovery.on_recovery_completed`` of faust-streaming 0.15.3 with the seek moved before the resume."""
+    app = self.app
+    consumer = app.consumer
+    self.log.info("Restore complete!")
+    await app.on_rebalance_complete.send()
+    self._set_recovery_ended()
+    callbacks = [
+        asyncio.ensure_future(
+            table.on_recovery_completed(self.actives_for_table[table], self.standbys_for_table[table])
+        )
+        for table in self.tables.values()
+    ]
+    if callbacks:
+        await asyncio.wait(callbacks)
+    assignment = consumer.assignment()
+    if app.consumer_generation_id != generation_id:
+        self.log.warning(f"Recovery rebalancing again app id {app.consumer_generation_id} param {generation_id}")
+        return
+    if assignment:
+        self.log.info("Seek stream partitions to committed offsets.")
+        await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
+    consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
+    self.completed.set()
+    app.flow_control.resume()
+    consumer.resume_flow()
+    await app._fetcher.maybe_start()
+    self.tables.on_actives_ready()
+    if not app.assignor.assigned_standbys():
+        self.tables.on_standbys_ready()
     app.on_rebalance_end()
     self.log.info("Worker ready")

@@ -95,7 +95,7 @@ DASHBOARD = """<!doctype html>
 body{font:14px system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}
 h1{font-size:1.3em;margin:0 0 .6em} .tiles{display:flex;gap:1em;flex-wrap:wrap}
 .tile{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.7em 1em;min-width:9em}
-.tile b{display:block;font-size:1.8em} table{border-collapse:collapse;margin-top:.5em;background:#fff}
+.tile b,.tile svg{display:block;font-size:1.8em} table{border-collapse:collapse;margin-top:.5em;background:#fff}
 td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top}
 .text{max-width:40em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 .failed,.truncated{color:#b00} #updated{color:#888;font-size:.85em} h2{font-size:1.05em;margin:1.2em 0 .2em}
