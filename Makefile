@@ -19,12 +19,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[asr,analytics,dev]'
 	touch $@
 
-.cache/setup.done: $(VENV)/.installed infra/install-espeak.sh infra/kafka/pom.xml
+.cache/setup.done: $(VENV)/.installed infra/install-espeak.sh infra/install-chromium.sh infra/kafka/pom.xml
 	bash infra/install-espeak.sh
+	bash infra/install-chromium.sh
 	bash infra/kafka/kafka.sh fetch
 	mkdir -p .cache && touch $@
 
-## setup: virtualenv, Python deps (locked: constraints.txt), espeak-ng, Kafka broker jars from Maven Central
+## setup: virtualenv, Python deps (locked: constraints.txt), espeak-ng, chromium (+ driver), Kafka jars (Maven)
 setup: .cache/setup.done
 
 ## test: the whole suite (starts its own Kafka broker and STT emulators)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# `make demo`: Kafka, the STT emulator (whisper engine) and one worker; three sessions of synthesized
-# speech streamed concurrently in realtime, rendered live as conversation turns, then their final
-# transcripts read back from stt.transcripts.
+# `make demo`: Kafka, the STT emulator (whisper engine), one worker and the analytics app; three
+# sessions of synthesized speech streamed concurrently in realtime, rendered live as conversation turns,
+# then their final transcripts read back from stt.transcripts, a summary from the analytics app (its
+# dashboard URL) and a SQL query over its DuckDB store.
 #
 # Assumes `make setup` ran (venv, espeak-ng, Kafka jars). On exit it stops, by PID, only what it
 # started; a broker that was already running (e.g. from `make kafka-up`) is used and left running.
@@ -15,6 +16,7 @@
 #                   The broker also needs KAFKA_PORT+1 (its controller port).
 #   EMULATOR_PORT   STT emulator port (default 8080)
 #   DEMO_TIMEOUT    seconds to wait for the three sessions to end (default 180)
+#   ANALYTICS_PORT  the analytics app's web port (default 6066); its DuckDB file is .cache/demo/analytics.duckdb
 #   Logs of the emulator, worker and producers go to .cache/demo/logs/.
 set -euo pipefail
 
@@ -26,6 +28,8 @@ KAFKA_PORT="${KAFKA_PORT:-9092}"
 export KAFKA_PORT
 EMULATOR_PORT="${EMULATOR_PORT:-8080}"
 DEMO_TIMEOUT="${DEMO_TIMEOUT:-180}"
+ANALYTICS_PORT="${ANALYTICS_PORT:-6066}"
+ANALYTICS_URL="http://127.0.0.1:$ANALYTICS_PORT"
 BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
 EMULATOR_URL="http://127.0.0.1:$EMULATOR_PORT"
 DEMO_DIR=.cache/demo
@@ -37,6 +41,7 @@ TOPICS=(stt.audio stt.turns stt.transcripts)
 KAFKA_STARTED=0
 EMULATOR_PID=""
 WORKER_PID=""
+ANALYTICS_PID=""
 TAIL_PID=""
 PRODUCE_PIDS=()
 
@@ -85,6 +90,7 @@ cleanup() {
     local pid
     for pid in "${PRODUCE_PIDS[@]}"; do stop "$pid" produce 5; done
     stop "$TAIL_PID" tail 5
+    stop "$ANALYTICS_PID" analytics 20
     stop "$WORKER_PID" worker 40
     stop "$EMULATOR_PID" emulator 10
     if ((KAFKA_STARTED)); then bash infra/kafka/kafka.sh down || true; fi
@@ -141,6 +147,26 @@ alive "$WORKER_PID" || {
     die "the worker exited"
 }
 
+if port_open "$ANALYTICS_PORT"; then
+    die "127.0.0.1:$ANALYTICS_PORT is in use; choose a free port: ANALYTICS_PORT=16066 make demo"
+fi
+analytics() {
+    KAFKA_BOOTSTRAP_SERVERS="$BOOTSTRAP" STT_ANALYTICS_PORT="$ANALYTICS_PORT" \
+        STT_ANALYTICS_DB="$DEMO_DIR/analytics.duckdb" "$BIN/stt-pipeline" --log-level WARNING analytics "$@"
+}
+say "starting the analytics app (dashboard $ANALYTICS_URL/, log: $LOG_DIR/analytics.log)"
+analytics >"$LOG_DIR/analytics.log" 2>&1 &
+ANALYTICS_PID=$!
+for ((i = 0; ; i++)); do
+    curl -sf "$ANALYTICS_URL/ready" >/dev/null 2>&1 && break
+    if ! alive "$ANALYTICS_PID"; then
+        show_log "$LOG_DIR/analytics.log"
+        die "the analytics app exited during start-up"
+    fi
+    ((i < 1200)) || die "the analytics app was not ready within 120 s (log: $LOG_DIR/analytics.log)"
+    sleep 0.1
+done
+
 say "streaming 3 sessions (${PREFIX}1..3) in realtime; turns appear as they are recognized"
 echo
 "$BIN/stt-pipeline" --log-level WARNING tail --bootstrap "$BOOTSTRAP" --from-beginning \
@@ -180,5 +206,21 @@ echo
 say "final transcripts (stt.transcripts):"
 "$BIN/stt-pipeline" --log-level WARNING tail --bootstrap "$BOOTSTRAP" --transcripts --from-beginning \
     --session-prefix "$PREFIX" --until-sessions 3 --sessions-only --plain --timeout 30
+echo
+say "waiting for the analytics app to have the 3 sessions"
+count_sql="SELECT count(*) AS n FROM sessions WHERE session_id LIKE '${PREFIX}%'"
+for ((i = 0; ; i++)); do
+    [[ "$(analytics query --csv "$count_sql" 2>/dev/null | tail -n 1)" == 3 ]] && break
+    ((i < 300)) || die "the analytics app did not store the 3 sessions within 30 s (log: $LOG_DIR/analytics.log)"
+    sleep 0.1
+done
+echo
+say "analytics dashboard: $ANALYTICS_URL/ (live while the demo runs)"
+analytics summary --minutes 60
+echo
+sql="SELECT session_id, status, turns, words, round(audio_s, 1) AS audio_s, latency_ms FROM sessions
+     WHERE session_id LIKE '${PREFIX}%' ORDER BY session_id"
+say "SQL over the DuckDB store: stt-pipeline analytics query \"$(tr -s ' \n' ' ' <<<"$sql")\""
+analytics query "$sql"
 echo
 say "done; shutting down"

@@ -1,4 +1,4 @@
-"""`stt-pipeline`: the command-line entry point (emulator, worker, produce, tail)."""
+"""`stt-pipeline`: the command-line entry point (emulator, worker, produce, tail, analytics)."""
 
 from __future__ import annotations
 
@@ -105,6 +105,17 @@ def main(argv: list[str] | None = None) -> int:
     tools_cli.add_tail_arguments(
         commands.add_parser("tail", help="follow stt.turns (or stt.transcripts) readably in a terminal")
     )
+    from pipeline.analytics import cli as analytics_cli
+
+    analytics_cli.add_arguments(
+        commands.add_parser(
+            "analytics",
+            help="the analytics app (Faust) over stt.turns/stt.transcripts/stt.dead-letter; query its DuckDB store",
+            description="Without an action: run the app in the foreground. Settings as for the worker "
+            "(STT_ANALYTICS_* and the Kafka ones).",
+            allow_abbrev=False,
+        )
+    )
     args = parser.parse_args(argv)
     try:
         level = worker_settings.log_level(args.log_level)
@@ -121,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         return tools_cli.run_produce(args)
     if args.command == "tail":
         return tools_cli.run_tail(args)
+    if args.command == "analytics":
+        return analytics_cli.run(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -315,9 +315,10 @@ class TranscriptRecord:
     status: SessionStatus
     audio_ms: float
     at: int
+    end_at: int | None = None  # kind=session: the input `end` record's Kafka timestamp, when it had one
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        record: dict[str, Any] = {
             "kind": self.kind,
             "session_id": self.session_id,
             "seq": self.seq,
@@ -327,6 +328,9 @@ class TranscriptRecord:
             "audio_ms": self.audio_ms,
             "at": self.at,
         }
+        if self.end_at is not None:
+            record["end_at"] = self.end_at
+        return record
 
     def to_json(self) -> bytes:
         return _dumps(self.to_dict())
@@ -335,9 +339,12 @@ class TranscriptRecord:
     def from_json(cls, data: bytes | str | Mapping[str, Any]) -> Self:
         what = "transcript"
         obj = _object(data, what)
-        _fields(obj, what, ("kind", "session_id", "seq", "turn", "transcript", "status", "audio_ms", "at"))
+        _fields(obj, what, ("kind", "session_id", "seq", "turn", "transcript", "status", "audio_ms", "at"), ("end_at",))
+        kind: TranscriptKind = _one_of(obj, "kind", what, ("turn", "session"))
+        if "end_at" in obj and kind != "session":
+            raise ContractError(f"{what}: `end_at` is not allowed on kind=turn")
         return cls(
-            kind=_one_of(obj, "kind", what, ("turn", "session")),
+            kind=kind,
             session_id=_str(obj, "session_id", what, nonempty=True),
             seq=_int(obj, "seq", what),
             turn=_int(obj, "turn", what),
@@ -345,6 +352,7 @@ class TranscriptRecord:
             status=_one_of(obj, "status", what, SESSION_STATUSES),
             audio_ms=_num(obj, "audio_ms", what),
             at=_int(obj, "at", what),
+            end_at=_int(obj, "end_at", what) if "end_at" in obj else None,
         )
 
 

@@ -134,6 +134,7 @@ class InputMessage:
     seq: int
     audio: bytes = b""
     format: AudioFormat | None = None
+    timestamp: int | None = None  # the Kafka record's timestamp (Unix epoch ms), when known
 
 
 def echo(value: object) -> str:
@@ -216,8 +217,10 @@ def parse(
     value: bytes | None,
     *,
     limits: InputLimits = DEFAULT_LIMITS,
+    timestamp: int | None = None,
 ) -> InputMessage:
-    """Parse one `stt.audio` record; raises :class:`Rejected` with the dead-letter reason, nothing else."""
+    """Parse one `stt.audio` record (read with Kafka ``timestamp``); raises :class:`Rejected` with the
+    dead-letter reason, nothing else."""
     if not key:
         raise Rejected("missing_session_id", "the record key (session id) is empty")
     headers = headers or ()
@@ -235,7 +238,7 @@ def parse(
     if kind != "audio":
         if payload:
             raise Rejected("bad_value", f"a `{kind}` record must have an empty value, got {len(payload)} bytes")
-        return InputMessage(session_id, kind, seq)  # type: ignore[arg-type]  # kind checked above
+        return InputMessage(session_id, kind, seq, timestamp=timestamp)  # type: ignore[arg-type]  # kind checked
     encoding = _required(text, "encoding")
     if encoding not in ENCODINGS:
         raise Rejected("unknown_encoding", f"encoding {echo(encoding)} is not one of {', '.join(ENCODINGS)}")
@@ -258,7 +261,7 @@ def parse(
             "partial_sample",
             f"{len(payload)} bytes is not a whole number of {frame}-byte samples ({fmt.encoding}, {channels} ch)",
         )
-    return InputMessage(session_id, "audio", seq, payload, fmt)
+    return InputMessage(session_id, "audio", seq, payload, fmt, timestamp)
 
 
 # -- dead letters ----------------------------------------------------------------------------------

@@ -190,6 +190,7 @@ class Session:
         self.last_error: ProviderError | None = None
         self._past_anomalies: Counter[str] = Counter()  # of connections before the current one
         self.close_offset: int | None = None
+        self.end_at: int | None = None  # the `end` record's Kafka timestamp, carried onto the session final
         self.close_sent_at: float | None = None
         self.deadline: float | None = None
         self.drifts_ms: list[float] = []
@@ -290,6 +291,7 @@ class Session:
         if message.type == "end":
             self.phase = "draining"
             self.close_offset = offset
+            self.end_at = message.timestamp
             self.deadline = now + self.pacer.queued_bytes / self._bytes_per_s + self.config.drain_deadline_s
         return True
 
@@ -683,6 +685,7 @@ class Session:
             status=status,
             audio_ms=_ms(self.audio_ms),
             at=self._wall_ms(),
+            end_at=self.end_at if kind == "session" else None,
         )
         self._transcript_seq += 1
         self._outputs.append(Output("transcripts", self.session_id, record, True))

@@ -254,6 +254,21 @@ class Settings(BaseSettings):
     stt_max_message_bytes: int = _setting(
         2**22, "STT_MAX_MESSAGE_BYTES", "largest STT WebSocket message accepted", ge=1
     )
+    # `stt-pipeline analytics` (the Faust app over the output topics); it shares the Kafka settings above.
+    analytics_host: str = _setting("127.0.0.1", "STT_ANALYTICS_HOST", "analytics: web server address", min_length=1)
+    analytics_port: int = _setting(6066, "STT_ANALYTICS_PORT", "analytics: web server port", ge=1, le=65535)
+    analytics_db: Path = _setting(
+        Path(".cache/analytics.duckdb"), "STT_ANALYTICS_DB", "analytics: DuckDB file of the sessions and turns tables"
+    )
+    analytics_id: str = _setting(
+        "stt-analytics",
+        "STT_ANALYTICS_ID",
+        "analytics: Faust app id and consumer group (never the worker's STT_GROUP_ID)",
+        pattern=_TOPIC,
+    )
+    analytics_keep_s: float = _setting(
+        600.0, "STT_ANALYTICS_KEEP_S", "analytics: how long an ended session stays in the live table", gt=0
+    )
 
     _file_key: SecretStr | None = PrivateAttr(None)
     _file_password: SecretStr | None = PrivateAttr(None)
@@ -303,6 +318,8 @@ class Settings(BaseSettings):
                 "STT_FETCH_SILENCE_MS",
                 f"must be greater than STT_FETCH_MAX_WAIT_MS ({self.fetch_max_wait_ms}), got {self.fetch_silence_ms}",
             )
+        if self.analytics_id == self.group_id:
+            raise _problem("STT_ANALYTICS_ID", f"must differ from STT_GROUP_ID, both are {self.group_id!r}")
         seen: dict[str, str] = {}
         for name in ("audio_topic", "turns_topic", "transcripts_topic", "sessions_topic", "dead_letter_topic"):
             topic = getattr(self, name)
@@ -544,7 +561,7 @@ def help_text(field: str) -> str:
 def _flag_type(annotation: Any) -> Callable[[str], Any]:
     if annotation is int or annotation is float:
         return annotation
-    if annotation == Path | None:
+    if annotation == Path | None or annotation is Path:
         return Path
     return str
 

@@ -158,7 +158,7 @@ class Worker:
         metrics.RECORDS.inc()
         session_id: str | None = None
         try:
-            message = parse(record.key, record.headers, record.value, limits=self._limits)
+            message = parse(record.key, record.headers, record.value, limits=self._limits, timestamp=record.timestamp)
             session_id = message.session_id
             route = self._router.route(partition, offset, message, owned.book.checkpoint)
             decision = route.decision

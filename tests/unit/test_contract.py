@@ -61,17 +61,20 @@ def turn_records(draw: st.DrawFn) -> TurnRecord:
     )
 
 
-transcript_records = st.builds(
-    TranscriptRecord,
-    kind=st.sampled_from(["turn", "session"]),
-    session_id=names,
-    seq=ints,
-    turn=small,
-    transcript=texts,
-    status=st.sampled_from(SESSION_STATUSES),
-    audio_ms=numbers,
-    at=ints,
-)
+@st.composite
+def transcript_records(draw: st.DrawFn) -> TranscriptRecord:
+    kind = draw(st.sampled_from(["turn", "session"]))
+    return TranscriptRecord(
+        kind=kind,  # type: ignore[arg-type]
+        session_id=draw(names),
+        seq=draw(ints),
+        turn=draw(small),
+        transcript=draw(texts),
+        status=draw(st.sampled_from(SESSION_STATUSES)),
+        audio_ms=draw(numbers),
+        at=draw(ints),
+        end_at=draw(st.none() | ints) if kind == "session" else None,
+    )
 
 checkpoints = st.builds(
     Checkpoint,
@@ -123,7 +126,7 @@ def test_turn_record_round_trips_and_matches_the_schema(record: TurnRecord) -> N
     validate("turn", orjson.loads(record.to_json()))
 
 
-@given(transcript_records)
+@given(transcript_records())
 def test_transcript_record_round_trips_and_matches_the_schema(record: TranscriptRecord) -> None:
     assert TranscriptRecord.from_json(record.to_json()) == record
     validate("transcript", orjson.loads(record.to_json()))
@@ -299,3 +302,12 @@ def test_dead_letter_truncation_fields_are_published_only_when_set() -> None:
     )
     assert list(cut.to_dict())[-3:] == ["value_truncated", "value_sha256", "headers_truncated"]
     assert DeadLetter.from_json(cut.to_json()) == cut
+
+
+def test_end_at_is_written_only_when_known_and_refused_on_a_turn_final() -> None:
+    final = TranscriptRecord("session", "s", 2, 2, "Hi", "complete", 7.25, 5, end_at=4)
+    assert final.to_json().endswith(b',"at":5,"end_at":4}')
+    assert TranscriptRecord.from_json(final.to_json()) == final
+    turn = {**orjson.loads(final.to_json()), "kind": "turn"}
+    with pytest.raises(ContractError, match="end_at"):
+        TranscriptRecord.from_json(turn)

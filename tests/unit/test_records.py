@@ -51,6 +51,13 @@ def test_control_records(kind: str) -> None:
     assert (message.type, message.seq, message.format) == (kind, 7, None)
 
 
+@pytest.mark.parametrize("hdrs", [AUDIO, {"type": "end", "seq": "3"}])
+def test_the_record_timestamp_is_carried_when_given(hdrs: dict[str, str]) -> None:
+    value = b"\0\0" if hdrs["type"] == "audio" else None
+    assert parse(b"s", headers(**hdrs), value, timestamp=1767225603200).timestamp == 1767225603200
+    assert parse(b"s", headers(**hdrs), value).timestamp is None
+
+
 @pytest.mark.parametrize(
     ("key", "hdrs", "value", "reason"),
     [

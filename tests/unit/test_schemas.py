@@ -470,3 +470,11 @@ def test_asyncapi_payloads_are_the_validated_schemas() -> None:
     assert messages["checkpoint"]["payload"]["$ref"] == "./" + SCHEMA_FILES["checkpoint"]
     assert messages["deadLetter"]["payload"]["$ref"] == "./" + SCHEMA_FILES["dead_letter"]
     assert messages["audioRecord"]["headers"]["$ref"] == "./" + SCHEMA_FILES["audio_headers"]
+
+
+def test_end_at_is_optional_on_a_session_final_and_not_allowed_on_a_turn() -> None:
+    session = next(r for r in VALID_TRANSCRIPTS if r["kind"] == "session")
+    validate("transcript", with_(session, end_at=1767225603200))
+    invalid("transcript", with_(session, end_at=-1))
+    turn = next(r for r in VALID_TRANSCRIPTS if r["kind"] == "turn")
+    invalid("transcript", with_(turn, end_at=1767225603200))

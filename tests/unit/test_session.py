@@ -640,3 +640,27 @@ def test_a_session_that_ends_before_any_input_has_a_valid_checkpoint() -> None:
     checkpoint = session.take().checkpoint
     assert checkpoint.status == "truncated" and checkpoint.close_offset == 0
     validate("checkpoint", checkpoint.to_dict())
+
+
+def test_the_end_records_timestamp_lands_on_the_session_final_only() -> None:
+    session = make()
+    session.take()
+    session.accept(audio(0, b"\1\0" * 1600), 0.0)
+    session.accept(InputMessage("s1", "end", 1, timestamp=1767225603200), 0.0)
+    drive(session, 1.0)
+    for message in auto_events({"type": "turn.start"}, {"type": "turn.end", "transcript": "Hi"}):
+        session.on_message(message)
+    session.on_closed(1000)
+    transcripts = records(session.take().outputs, "transcripts")
+    assert [(r["kind"], r.get("end_at")) for r in transcripts] == [("turn", None), ("session", 1767225603200)]
+    for record in transcripts:
+        validate("transcript", record)
+
+
+def test_a_session_truncated_without_end_has_no_end_at() -> None:
+    session = make()
+    session.take()
+    session.accept(audio(0, b"\1\0" * 1600), 0.0)
+    session.truncate("idle_timeout", "no input")
+    (final,) = records(session.take().outputs, "transcripts")
+    assert final["kind"] == "session" and "end_at" not in final

@@ -94,6 +94,11 @@ DOCUMENTED = {
     "stt_open_timeout_s": "STT_OPEN_TIMEOUT_S",
     "stt_ping_interval_s": "STT_PING_INTERVAL_S",
     "stt_max_message_bytes": "STT_MAX_MESSAGE_BYTES",
+    "analytics_host": "STT_ANALYTICS_HOST",
+    "analytics_port": "STT_ANALYTICS_PORT",
+    "analytics_db": "STT_ANALYTICS_DB",
+    "analytics_id": "STT_ANALYTICS_ID",
+    "analytics_keep_s": "STT_ANALYTICS_KEEP_S",
 }
 # String values a field accepts that differ from its default (numbers and booleans are derived).
 STRINGS = {
@@ -106,6 +111,8 @@ STRINGS = {
     "log_format": "json",
     "http_host": "127.0.0.1",
     "api_key": SECRET,
+    "analytics_host": "0.0.0.0",
+    "analytics_id": "other-analytics",
 }
 
 
@@ -121,6 +128,8 @@ def other_value(name: str, key_file: Path) -> tuple[str, Any]:
         return str(key_file), key_file
     if name in STRINGS:
         return STRINGS[name], STRINGS[name]
+    if name == "analytics_db":
+        return "lake/a.duckdb", Path("lake/a.duckdb")
     value = Settings.model_fields[name].default
     if isinstance(value, bool):
         return str(not value).lower(), not value
@@ -282,6 +291,9 @@ def test_frozen_and_replace_validates_again() -> None:
         ({"KAFKA_BOOTSTRAP_SERVERS": " "}, "KAFKA_BOOTSTRAP_SERVERS: must be host:port[,host:port...], got ' '"),
         ({"KAFKA_BOOTSTRAP_SERVERS": "a:9092,b:x"}, "KAFKA_BOOTSTRAP_SERVERS: must be host:port"),
         ({"KAFKA_BOOTSTRAP_SERVERS": "a:9092,"}, "KAFKA_BOOTSTRAP_SERVERS: must be host:port"),
+        ({"STT_ANALYTICS_ID": "stt-pipeline"}, "STT_ANALYTICS_ID: must differ from STT_GROUP_ID"),
+        ({"STT_ANALYTICS_PORT": "0"}, "STT_ANALYTICS_PORT: must be between 1 and 65535, got 0"),
+        ({"STT_ANALYTICS_KEEP_S": "0"}, "STT_ANALYTICS_KEEP_S: must be greater than 0, got 0"),
     ],
 )
 def test_an_invalid_value_is_an_error_naming_its_variable(env: dict[str, str], message: str) -> None:
