@@ -136,6 +136,7 @@ done
 
 say "starting a worker (log: $LOG_DIR/worker.log)"
 KAFKA_BOOTSTRAP_SERVERS="$BOOTSTRAP" STT_BASE_URL="$EMULATOR_URL" CARTESIA_API_KEY=demo-key \
+    STT_HTTP_HOST=127.0.0.1 STT_HTTP_PORT="${WORKER_HTTP_PORT:-9400}" \
     "$BIN/stt-pipeline" worker >"$LOG_DIR/worker.log" 2>&1 &
 WORKER_PID=$!
 if ! "$BIN/python" infra/demo_audio.py wait-topics --bootstrap "$BOOTSTRAP" --timeout 60 "${TOPICS[@]}"; then

@@ -13,41 +13,11 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from pipeline.commit import CommitBook, CommitPlan, OutRecord
 from pipeline.contract import Checkpoint, CheckpointStatus
 from pipeline.offsets import PartitionWatermark
+from tests.support.checkpoints import checkpoint
 
 SESSIONS = "stt.sessions"
 TURNS = "stt.turns"
 DEAD = "stt.dead-letter"
-
-
-def checkpoint(
-    session_id: str,
-    status: CheckpointStatus = "open",
-    resume_offset: int = 0,
-    close_offset: int | None = None,
-    next_input_seq: int = 0,
-    next_seq: int = 0,
-    at: int = 0,
-) -> Checkpoint:
-    """A session checkpoint with only the fields the core reads set; the rest are fixed."""
-    return Checkpoint(
-        session_id=session_id,
-        status=status,
-        resume_offset=resume_offset,
-        next_seq=next_seq,
-        next_turn=0,
-        next_transcript_seq=0,
-        next_input_seq=next_input_seq,
-        transcript="",
-        audio_ms=0.0,
-        close_offset=close_offset,
-        endpoint="auto",
-        encoding="pcm_s16le",
-        sample_rate=16000,
-        channels=1,
-        model="ink-2",
-        language=None,
-        at=at,
-    )
 
 
 def out(session_id: str, seq: int) -> OutRecord:
@@ -439,19 +409,19 @@ class CommitMachine(RuleBasedStateMachine):
             else:
                 assert record.value not in world.dead
                 world.dead.append(record.value)
-        for sid, checkpoint in plan.checkpoints:
-            if checkpoint is None:
+        for sid, cp in plan.checkpoints:
+            if cp is None:
                 previous = world.sessions.pop(sid)
                 assert previous.status != "open"
                 assert previous.close_offset is not None and previous.close_offset < plan.offset
                 del self.latest[sid]
                 del self.sessions[sid]
             else:
-                assert checkpoint.next_seq <= len(world.records.get(sid, [])), (
-                    f"{sid}: checkpoint counts {checkpoint.next_seq} outputs, "
+                assert cp.next_seq <= len(world.records.get(sid, [])), (
+                    f"{sid}: checkpoint counts {cp.next_seq} outputs, "
                     f"only {len(world.records.get(sid, []))} committed"
                 )
-                world.sessions[sid] = checkpoint
+                world.sessions[sid] = cp
         world.offset = plan.offset
         for value, offset in self.dead_inputs.items():
             if offset < world.offset:
@@ -459,7 +429,7 @@ class CommitMachine(RuleBasedStateMachine):
         for sid, s in self.sessions.items():
             committed = world.sessions.get(sid)
             if committed is None:
-                assert s.first >= world.offset, f"{sid}: its input was committed without its checkpoint"
+                assert s.first >= world.offset, f"{sid}: its input was committed without its cp"
             elif committed.status == "open":
                 assert committed.resume_offset >= world.offset, f"{sid}: committed past its resume offset"
 
