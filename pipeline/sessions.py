@@ -62,6 +62,7 @@ class SessionTable:
         ended: Callable[[OpenSession], None],
         counters: Counters,
         scrub: Callable[[str], str],
+        added: Callable[[int], None] = lambda partition: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._topics = topics
@@ -72,6 +73,7 @@ class SessionTable:
         self._ended = ended
         self._counters = counters
         self._scrub = scrub
+        self._added = added
         self._clock = clock
         self.open: dict[str, OpenSession] = {}
 
@@ -152,6 +154,8 @@ class SessionTable:
             for o in taken.outputs
         ]
         book.add(records, taken.checkpoint)
+        if records:
+            self._added(partition)  # the eager send trigger
 
     async def _run(self, current: OpenSession) -> None:
         session = current.session

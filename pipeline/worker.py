@@ -67,7 +67,14 @@ class Worker:
             ended=self._session_ended,
             counters=self.counters,
             scrub=lambda text: scrub(text, [key] if key else []),
+            added=self._added,
         )
+
+    def _added(self, partition: int) -> None:
+        """Records joined ``partition``'s book: send them now if sends are eager."""
+        owned = self._parts.get(partition)
+        if owned is not None:
+            owned.kick()
 
     def snapshot(self) -> WorkerSnapshot:
         """Partitions and their states, open sessions, lag, queued bytes and counters, as values."""
@@ -195,6 +202,7 @@ class Worker:
         log.warning("dead letter p%d@%d %s: %s", owned.tp.partition, record.offset, reason, scrub(detail, [], 200))
         letter = dead_letter_record(self.settings, self._letter_bytes, owned.tp, record, reason, detail, session_id)
         owned.book.add([letter])
+        owned.kick()
 
     def _corrupt(self, owned: OwnedPartition, corrupt: CorruptRecord) -> None:
         """A record aiokafka could not decode was skipped: dead-letter what is known of it."""
@@ -204,6 +212,7 @@ class Worker:
             self.counters.dead_letters += 1
             metrics.DEAD_LETTERS.labels("unparseable").inc()
             owned.book.add([corrupt_letter(self.settings, self._letter_bytes, corrupt)])
+            owned.kick()
             owned.book.consumed(corrupt.offset)
             self._router.read(corrupt.tp.partition, corrupt.offset)
 
@@ -303,7 +312,9 @@ class Worker:
             consumer.seek(tp, position)  # whatever a fetch in flight did meanwhile, start here
             consumer.resume(tp)
             book = CommitBook.resumed(partition, settings.sessions_topic, position, loaded[partition])
-            owned = OwnedPartition(tp, Partition(partition, limits, now), book, txns[partition])
+            owned = OwnedPartition(
+                tp, Partition(partition, limits, now), book, txns[partition], eager=settings.eager_sends
+            )
             owned.dormant = {s: now for s, c in loaded[partition].items() if c.status == "open"}
             self._parts[partition] = owned
             self._router.assign(partition, position)
@@ -361,6 +372,7 @@ class Worker:
         started = time.monotonic()
         await self._settle(parts, close=True)
         for owned in parts:
+            await owned.stop_sending()
             await owned.txn.stop()
             owned.state.release()
             self._parts.pop(owned.tp.partition, None)
@@ -374,6 +386,7 @@ class Worker:
         self._router.unassign(partition)
         if owned is not None:
             owned.state.release()
+            await owned.stop_sending()
             await owned.txn.stop()
 
 
