@@ -61,6 +61,7 @@ async def open_socket(
         open_timeout=open_timeout_s,
         ping_interval=ping_interval_s,
         max_size=max_message_bytes,
+        compression=None,  # PCM hardly compresses; permessage-deflate cost 12 % of the worker's CPU
         logger=_WIRE_LOG,
     )
 
