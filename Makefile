@@ -16,7 +16,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[asr,analytics,dev]'
+	$(BIN)/pip install --quiet -e '.[asr,analytics,dev,fast]'
 	touch $@
 
 .cache/setup.done: $(VENV)/.installed infra/install-espeak.sh infra/kafka/pom.xml

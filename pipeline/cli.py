@@ -9,6 +9,7 @@ import signal
 import sys
 from importlib import metadata
 
+from pipeline import eventloop
 from pipeline import settings as worker_settings
 from pipeline.emulator import cli as emulator_cli
 from pipeline.settings import Settings, SettingsError
@@ -58,7 +59,7 @@ def _worker(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"{PROG} worker: invalid setting {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(_run_worker(config))
+    return eventloop.run(_run_worker(config), use_uvloop=config.uvloop)
 
 
 def main(argv: list[str] | None = None) -> int:
