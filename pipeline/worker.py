@@ -267,10 +267,8 @@ class Worker:
             await self.commit()
 
     async def commit(self) -> None:
-        """Commit every owned partition now."""
-        for owned in list(self._parts.values()):
-            if owned.state.owned:
-                await self._commit(owned)
+        """Commit every owned partition now, concurrently (each has its own transactional producer)."""
+        await asyncio.gather(*(self._commit(o) for o in list(self._parts.values()) if o.state.owned))
 
     def _guards(self) -> None:
         settings = self.settings
