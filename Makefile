@@ -61,7 +61,7 @@ demo: setup
 
 ## bench: worker benchmark (figures as ratios against a baseline measured in the same run)
 bench: setup
-	$(BIN)/python bench/worker_bench.py
+	$(BIN)/python -m bench.compare --climb
 
 clean:
 	-bash infra/kafka/kafka.sh down

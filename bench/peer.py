@@ -1,0 +1,64 @@
+"""What both peer processes share: the line protocol with :mod:`bench.compare`, and memory sampling.
+
+A peer prints ``ready`` once it consumes its partitions, samples itself every second while it runs,
+stops when its stdin says ``stop`` (or closes), then prints one JSON report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bench.stats import proc_rss_kib
+
+SAMPLE_S = 1.0  # snapshots cost the peer CPU: sample sparingly
+
+
+def say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+async def wait_for_stop() -> None:
+    """Until ``stop`` (or EOF) arrives on stdin."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while True:
+        line = await reader.readline()
+        if not line or line.strip() == b"stop":
+            return
+
+
+@dataclass
+class Memory:
+    """Peak RSS, and peak RSS beyond the audio the peer buffers, with the open sessions at that moment."""
+
+    start_kib: int = 0
+    peak_kib: int = 0
+    peak_beyond_audio_kib: int = 0
+    sessions_at_peak: int = 0
+    peak_sessions: int = 0
+
+    def sample(self, open_sessions: int, buffered_bytes: int) -> None:
+        rss = proc_rss_kib() or 0
+        self.peak_kib = max(self.peak_kib, rss)
+        self.peak_sessions = max(self.peak_sessions, open_sessions)
+        beyond = rss - buffered_bytes // 1024
+        if beyond > self.peak_beyond_audio_kib:
+            self.peak_beyond_audio_kib, self.sessions_at_peak = beyond, open_sessions
+
+
+async def sample_every(memory: Memory, read: Callable[[], tuple[int, int]], stop: asyncio.Event) -> None:
+    memory.start_kib = proc_rss_kib() or 0
+    while not stop.is_set():
+        memory.sample(*read())
+        await asyncio.sleep(SAMPLE_S)
+
+
+def report(figures: dict[str, Any]) -> None:
+    say(json.dumps(figures))
