@@ -45,6 +45,8 @@ from pipeline.stt.client import connector
 
 log = logging.getLogger("pipeline.worker")
 
+OBSERVE_S = 0.05  # how often partition states see the consumer's view (liveness thresholds are ≥ 250 ms)
+
 
 class Worker:
     def __init__(self, settings: Settings, *, connect: Connect | None = None) -> None:
@@ -110,6 +112,7 @@ class Worker:
         self._running = True
         log.info("worker started: %r", settings)
         committer = asyncio.create_task(self._commit_loop(stop), name="committer")
+        observe_at = 0.0
         try:
             while not stop.is_set():
                 if committer.done():
@@ -130,7 +133,10 @@ class Worker:
                             self._corrupt(owned, item)
                         else:
                             self._handle(owned, item)
-                await self._observe(consumer)
+                now = time.monotonic()
+                if now >= observe_at:  # at most every OBSERVE_S, not after every fetch
+                    observe_at = now + OBSERVE_S
+                    await self._observe(consumer)
         finally:
             stop.set()  # the commit loop finishes its current transaction and returns; never cancel it
             with contextlib.suppress(Exception):
