@@ -188,13 +188,13 @@ async def run_peer(
     cpu["load"] = sum(r["cpu_s"] for r in load_reports)  # its own process time from the first send
     end_at = {sid: at for r in load_reports for sid, at in r["end_at"].items()}
     end_to_final = [(finals.seen[s][0] - end_at[s]) * 1000 for s in wanted if s in finals.seen and s in end_at]
-    exact_count = sum(
-        1
+    got = {s.session_id: finals.seen[s.session_id][1] if s.session_id in finals.seen else {} for s in renamed}
+    mismatches = [
+        {"session_id": s.session_id, "status": got[s.session_id].get("status"), "expected": s.text,
+         "got": got[s.session_id].get("transcript")}
         for s in renamed
-        if s.session_id in finals.seen
-        and finals.seen[s.session_id][1].get("status") == "complete"
-        and finals.seen[s.session_id][1].get("transcript") == s.text
-    )
+        if got[s.session_id].get("status") != "complete" or got[s.session_id].get("transcript") != s.text
+    ]  # fmt: skip
     return {
         "peer": kind,
         "sessions": level,
@@ -202,7 +202,8 @@ async def run_peer(
         "wall_s": wall,
         "cpu_s": cpu,
         "finals": len(wanted & finals.seen.keys()),
-        "exact": exact_count,
+        "exact": level - len(mismatches),
+        "mismatches": mismatches,
         "end_to_final_ms": end_to_final,
         "late_ms_p99": max((r["late_ms_p99"] or 0 for r in load_reports), default=None),
         "emulator": {
@@ -237,6 +238,7 @@ def normalise(kind: str, report: dict[str, Any]) -> dict[str, Any]:
             "ack_ms": report["event_to_ack_ms"],
             "commit_ms": report["event_to_ack_ms"],  # not transactional: visible to every reader once acked
             "memory": report["memory"],
+            "silence_fill_s": 0.0,  # it never fills silence
         }
     h = {k: Histogram.from_dict(v) for k, v in report["histograms"].items()}
     return {
@@ -246,6 +248,7 @@ def normalise(kind: str, report: dict[str, Any]) -> dict[str, Any]:
         "commit_ms": from_histogram(h["event_to_commit_s"], 1000.0, first_lower=0.0),
         "memory": report["memory"],
         "counters": report["counters"],
+        "silence_fill_s": report["silence_fill_s"],
     }
 
 

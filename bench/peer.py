@@ -36,21 +36,20 @@ async def wait_for_stop() -> None:
 
 @dataclass
 class Memory:
-    """Peak RSS, and peak RSS beyond the audio the peer buffers, with the open sessions at that moment."""
+    """Peak RSS, and RSS and buffered audio at the moment the most sessions were open."""
 
     start_kib: int = 0
     peak_kib: int = 0
-    peak_beyond_audio_kib: int = 0
-    sessions_at_peak: int = 0
     peak_sessions: int = 0
+    rss_at_peak_sessions_kib: int = 0
+    buffered_at_peak_sessions_kib: int = 0
 
     def sample(self, open_sessions: int, buffered_bytes: int) -> None:
         rss = proc_rss_kib() or 0
         self.peak_kib = max(self.peak_kib, rss)
-        self.peak_sessions = max(self.peak_sessions, open_sessions)
-        beyond = rss - buffered_bytes // 1024
-        if beyond > self.peak_beyond_audio_kib:
-            self.peak_beyond_audio_kib, self.sessions_at_peak = beyond, open_sessions
+        if open_sessions >= self.peak_sessions:
+            self.peak_sessions = open_sessions
+            self.rss_at_peak_sessions_kib, self.buffered_at_peak_sessions_kib = rss, buffered_bytes // 1024
 
 
 async def sample_every(memory: Memory, read: Callable[[], tuple[int, int]], stop: asyncio.Event) -> None:

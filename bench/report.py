@@ -68,6 +68,7 @@ def level_rows(w: dict[str, Any], n: dict[str, Any] | None) -> list[tuple[str, s
         ("event → committed p50 / p99 (ms): read_committed", *text(lambda r: pair(r["report"]["commit_ms"], 1))),
         ("end → final visible p50 / p99 (ms)", *text(lambda r: pair(exact(r["end_to_final_ms"])))),
         ("finals exact", *text(lambda r: f"{r['exact']}/{r['sessions']}")),
+        ("silence fill sent (s)", *text(lambda r: fmt(r["report"].get("silence_fill_s"), 1))),
         ("emulator overloads / errors", *text(lambda r: f"{r['emulator']['overloads']} / {r['emulator']['errors']}")),
         ("load send lateness p99 (ms)", *text(lambda r: fmt(r["late_ms_p99"], 1))),
         ("peak RSS (MiB)", *both(lambda r: r["report"]["memory"]["peak_kib"] / 1024, digits=0)),
@@ -83,19 +84,18 @@ def level_rows(w: dict[str, Any], n: dict[str, Any] | None) -> list[tuple[str, s
 
 
 def memory_slope(results: list[dict[str, Any]], index: int) -> str:
-    """KiB of RSS per open session beyond buffered audio, from the smallest to the largest level."""
+    """KiB of RSS per open session beyond its buffered audio, between the smallest and the largest level
+    (each taken when the most sessions were open)."""
     points = [
-        (
-            r["peers"][index]["report"]["memory"]["sessions_at_peak"],
-            r["peers"][index]["report"]["memory"]["peak_beyond_audio_kib"],
-        )
+        (m["peak_sessions"], m["rss_at_peak_sessions_kib"] - m["buffered_at_peak_sessions_kib"])
         for r in results
         if len(r["peers"]) > index
+        for m in [r["peers"][index]["report"]["memory"]]
     ]
     if len(points) < 2 or points[-1][0] == points[0][0]:
         return "-"
     (s0, m0), (s1, m1) = points[0], points[-1]
-    return f"{(m1 - m0) / (s1 - s0):.1f} KiB/session ({s0} → {s1} sessions)"
+    return f"{(m1 - m0) / (s1 - s0):.1f} KiB/session ({s0} → {s1} open sessions)"
 
 
 def render(results: list[dict[str, Any]], args: argparse.Namespace, cpus: int) -> str:
@@ -115,6 +115,9 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, cpus: int) -
                 "  ".join([row[0].ljust(widths[0]), *(c.rjust(wd) for c, wd in zip(row[1:], widths[1:], strict=True))])
             )
         lines.append(f"worker: {'served' if served(w) else 'NOT served'}; {saturation(w)}")
+        for peer in result["peers"]:
+            for m in peer["mismatches"][:3]:
+                lines.append(f"  {peer['peer']} {m['session_id']}: expected {m['expected']!r}, got {m['got']!r}")
         if n is not None:
             lines.append(f"naive:  {saturation(n)}")
         lines.append("")

@@ -53,6 +53,9 @@ async def run(settings: Settings) -> dict[str, Any]:
     return {
         "histograms": {k: read_histogram(metrics.REGISTRY, name).to_dict() for k, name in HISTOGRAMS.items()},
         "counters": snapshot.to_dict()["counters"],
+        "silence_fill_s": sum(
+            m.value for f in metrics.REGISTRY.collect() for m in f.samples if m.name == "stt_silence_sent_seconds_total"
+        ),
         "memory": memory.__dict__,
     }
 
