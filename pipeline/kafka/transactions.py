@@ -103,6 +103,8 @@ class PartitionTransactions:
         await self._producer.start()
 
     async def stop(self) -> None:
+        """Stop the producer; a transaction still open is lost with it (never committed)."""
+        self._open, self._futures, self._refused, self._sent, self._doomed = False, {}, {}, 0, None
         if self._producer is not None:
             producer, self._producer = self._producer, None
             try:
