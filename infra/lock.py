@@ -1,4 +1,4 @@
-"""Write ``constraints.txt``: exact pins of every distribution that ``stt-pipeline[asr,analytics,dev]`` needs,
+"""Write ``constraints.txt``: exact pins of every distribution that ``stt-pipeline[asr,analytics,dev,fast]`` needs,
 as installed in the running environment (the lock that ``make setup`` installs with ``-c``).
 
 Run it after changing a range in ``pyproject.toml`` and installing: ``.venv/bin/python infra/lock.py``.
@@ -17,7 +17,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 PROJECT = "stt-pipeline"
-EXTRAS = ("asr", "analytics", "dev")
+EXTRAS = ("asr", "analytics", "dev", "fast")
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "constraints.txt"
 

@@ -8,7 +8,7 @@ import contextlib
 import signal
 import sys
 
-from pipeline import DISTRIBUTION, __version__, logs
+from pipeline import DISTRIBUTION, __version__, eventloop, logs
 from pipeline import settings as worker_settings
 from pipeline.emulator import cli as emulator_cli
 from pipeline.settings import Settings, SettingsError
@@ -77,7 +77,7 @@ def _worker(args: argparse.Namespace) -> int:
         print(f"{PROG} worker: invalid setting {exc}", file=sys.stderr)
         return 2
     logs.configure(config.log_level, config.log_format, [config.stt_api_key(), config.kafka_password()])
-    return asyncio.run(_run_worker(config))
+    return eventloop.run(_run_worker(config), use_uvloop=config.uvloop)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,9 +13,12 @@ last plan, the changed checkpoints and the watermark, also synchronously, as a :
 So every checkpoint in a plan is preceded, in that plan or an earlier one, by every record it counts.
 
 Records may be sent at commit time (the plan carries them) or eagerly, inside the partition's open
-transaction, as soon as they are added: the plan's ``records`` are then those already sent in the
-open transaction. Either way, an aborted plan (:meth:`CommitBook.failed`) puts its records back in
-front of anything added since, and its checkpoints are offered again by the next plan.
+transaction, as soon as they are added (:meth:`CommitBook.to_send`, as Kafka Streams does): the
+plan's first ``sent`` records are then those already sent in the open transaction, and only the rest
+(added since the last eager send) are sent with the checkpoints. Nothing is sent eagerly while a plan
+is in flight: those records belong to the next transaction. Either way, an aborted plan
+(:meth:`CommitBook.failed`) puts all its records back in front of anything added since, to be sent
+again into the next transaction, and its checkpoints are offered again by the next plan.
 
 The book also owns the partition's :class:`~pipeline.offsets.PartitionWatermark`: an open session's
 checkpoint holds the watermark at its resume offset, a finished one releases it, and other holders
@@ -45,12 +48,19 @@ class OutRecord:
 
 @dataclass(frozen=True, slots=True)
 class CommitPlan:
-    """One transaction: ``records`` first, then ``checkpoints`` (None: a tombstone), then ``offset``."""
+    """One transaction: ``records`` first, then ``checkpoints`` (None: a tombstone), then ``offset``.
+
+    The first ``sent`` records were already sent eagerly into the open transaction."""
 
     records: tuple[OutRecord, ...]
     checkpoints: tuple[tuple[str, Checkpoint | None], ...]
     offset: int
     advance: bool  # whether ``offset`` differs from the last committed one
+    sent: int = 0
+
+    @property
+    def unsent(self) -> tuple[OutRecord, ...]:
+        return self.records[self.sent :]
 
     @property
     def empty(self) -> bool:
@@ -73,6 +83,7 @@ class CommitBook:
     watermark: PartitionWatermark
     committed_offset: int | None = None
     _pending: list[OutRecord] = field(default_factory=list)
+    _sent: int = 0  # leading ``_pending`` records already sent into the open transaction
     _latest: dict[str, Checkpoint] = field(default_factory=dict)
     _committed: dict[str, Checkpoint] = field(default_factory=dict)
     _inflight: CommitPlan | None = None
@@ -126,6 +137,24 @@ class CommitBook:
     def pending(self) -> int:
         return len(self._pending)
 
+    @property
+    def unsent(self) -> int:
+        """Records added but not yet sent (eagerly or by a plan)."""
+        return len(self._pending) - self._sent
+
+    @property
+    def in_flight(self) -> bool:
+        return self._inflight is not None
+
+    def to_send(self) -> list[OutRecord]:
+        """Eager mode: the records to send into the open transaction now, i.e. those added since the
+        last call. Nothing while a plan is in flight: those records wait for the next transaction."""
+        if self._inflight is not None or self._sent == len(self._pending):
+            return []
+        batch = self._pending[self._sent :]
+        self._sent = len(self._pending)
+        return batch
+
     # -- the transaction -------------------------------------------------------------------------
 
     def plan(self) -> CommitPlan:
@@ -143,8 +172,10 @@ class CommitBook:
                 checkpoints.append((session_id, None))
             elif not same:
                 checkpoints.append((session_id, checkpoint))
-        plan = CommitPlan(tuple(self._pending), tuple(checkpoints), offset, offset != self.committed_offset)
+        advance = offset != self.committed_offset
+        plan = CommitPlan(tuple(self._pending), tuple(checkpoints), offset, advance, self._sent)
         self._pending = []
+        self._sent = 0
         self._inflight = plan
         return plan
 
@@ -160,11 +191,13 @@ class CommitBook:
         self.committed_offset = plan.offset
 
     def failed(self, plan: CommitPlan, quarantine: Collection[int] = ()) -> list[OutRecord]:
-        """``plan`` aborted: its records go back in front, except those at the ``quarantine`` indexes
-        (records Kafka refuses for themselves), which are returned; checkpoints are offered again."""
+        """``plan`` aborted: its records (sent eagerly or not) go back in front, unsent, except those at
+        the ``quarantine`` indexes (records Kafka refuses for themselves), which are returned;
+        checkpoints are offered again."""
         self._finish(plan)
         kept = [r for i, r in enumerate(plan.records) if i not in quarantine]
         self._pending = kept + self._pending
+        self._sent = 0  # nothing is sent while a plan is in flight
         return [r for i, r in enumerate(plan.records) if i in quarantine]
 
     def _finish(self, plan: CommitPlan) -> None:

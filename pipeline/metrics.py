@@ -13,6 +13,7 @@ Prometheus conventions: base units (seconds, bytes), ``_total`` on counters. Two
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
@@ -45,7 +46,13 @@ PACING_DRIFT_S = Histogram(
 )
 EVENT_TO_ACK_S = Histogram(
     "stt_event_to_ack_seconds",
-    "STT server event received → its output records acknowledged by Kafka",
+    "STT server event received → its output records acknowledged by Kafka (visible to read_uncommitted)",
+    buckets=_S_BUCKETS,
+    registry=REGISTRY,
+)
+EVENT_TO_COMMIT_S = Histogram(
+    "stt_event_to_commit_seconds",
+    "STT server event received → its output records committed (visible to read_committed)",
     buckets=_S_BUCKETS,
     registry=REGISTRY,
 )
@@ -101,12 +108,18 @@ def reconnect_cause(error: ProviderError | None) -> str:
     return "transport"
 
 
+def observe_acked(future: asyncio.Future[object], created_at: float) -> None:
+    """A record's send acknowledged (a done callback of its send future): event → acked."""
+    if not future.cancelled() and future.exception() is None:
+        EVENT_TO_ACK_S.observe(time.monotonic() - created_at)
+
+
 def observe_committed(plan: CommitPlan) -> None:
     """Latencies of a committed transaction's records: event → committed, close → session final."""
     now = time.monotonic()
     for record in plan.records:
         if record.created_at:
-            EVENT_TO_ACK_S.observe(now - record.created_at)
+            EVENT_TO_COMMIT_S.observe(now - record.created_at)
         if record.close_sent_at is not None:
             CLOSE_TO_FINAL_S.observe(now - record.close_sent_at)
 

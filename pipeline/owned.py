@@ -6,11 +6,17 @@ the plan from the :class:`~pipeline.commit.CommitBook`, has
 book: committed, failed (records back in front), or refused records quarantined as small dead
 letters so the others go through. A transaction that hangs tells the partition's state machine that
 Kafka is not taking writes (see :meth:`~pipeline.partition.Partition.write_stalled`).
+
+With eager sends (``STT_EAGER_SENDS``, on by default), :meth:`OwnedPartition.kick` (called whenever
+records join the book) has one background task send what the book hands out
+(:meth:`~pipeline.commit.CommitBook.to_send`) into the open transaction at once. One lock orders those
+sends and the commit, so a plan is never taken while a batch the book handed out is still on its way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
@@ -35,22 +41,55 @@ class Outcome(enum.Enum):
 
 
 class OwnedPartition:
-    def __init__(self, tp: TopicPartition, state: Partition, book: CommitBook, txn: PartitionTransactions) -> None:
+    def __init__(
+        self, tp: TopicPartition, state: Partition, book: CommitBook, txn: PartitionTransactions, *, eager: bool = True
+    ) -> None:
         self.tp, self.state, self.book, self.txn = tp, state, book, txn
+        self.eager = eager
         self.committing_since: float | None = None  # a transaction is in flight since (monotonic)
         self.dormant: dict[str, float] = {}  # open checkpoints not resumed since the assignment → since
         self.last_record_ms: int | None = None  # timestamp of the newest record read
-        self._one_at_a_time = asyncio.Lock()  # the commit loop and a rebalance callback may both commit
+        self._io = asyncio.Lock()  # eager sends and the commit, one at a time
+        self._sender: asyncio.Task[None] | None = None
+
+    def kick(self) -> None:
+        """Records joined the book: with eager sends, send them into the open transaction now."""
+        if self.eager and self._sender is None and self.book.unsent and not self.book.in_flight:
+            self._sender = asyncio.create_task(self._send(), name=f"send:{self.tp.partition}")
+
+    async def _send(self) -> None:
+        try:
+            while True:
+                async with self._io:
+                    batch = self.book.to_send()
+                    if not batch:
+                        return
+                    await self.txn.send(batch)
+        finally:
+            self._sender = None
+
+    async def stop_sending(self) -> None:
+        """The partition is being let go: stop the eager sender (its open transaction is not committed)."""
+        sender = self._sender
+        if sender is not None:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sender
 
     async def commit(self, settings: Settings, counters: Counters, letter_bytes: int) -> Outcome:
-        async with self._one_at_a_time:
-            return await self._commit(settings, counters, letter_bytes)
-
-    async def _commit(self, settings: Settings, counters: Counters, letter_bytes: int) -> Outcome:
-        plan = self.book.plan()
         self.committing_since = time.monotonic()
         # A transaction that hangs means Kafka refuses writes; say so the moment it is late, not later.
         stall = asyncio.get_running_loop().call_later(settings.write_stall_ms / 1000, self._stalled)
+        try:
+            async with self._io:
+                return await self._commit(settings, counters, letter_bytes)
+        finally:
+            stall.cancel()
+            self.committing_since = None
+            self.kick()  # records added while the plan was in flight
+
+    async def _commit(self, settings: Settings, counters: Counters, letter_bytes: int) -> Outcome:
+        plan = self.book.plan()
         try:
             await self.txn.commit(plan)
         except Fenced:
@@ -63,6 +102,7 @@ class OwnedPartition:
                 counters.quarantined += 1
                 log.error("QUARANTINED a record Kafka refuses (%s) for %s, key %r", refused, record.topic, record.key)
                 self.book.add([quarantine_letter(settings, letter_bytes, self.tp, plan.offset, record, str(refused))])
+                # sent with the next transaction (kicked once this commit is over)
             counters.transaction_failures += 1
             return Outcome.FAILED
         except BaseException:  # also a cancellation: the records must never be lost
@@ -70,8 +110,6 @@ class OwnedPartition:
             counters.transaction_failures += 1
             return Outcome.FAILED
         finally:
-            stall.cancel()
-            self.committing_since = None
             if self.state.state is not PartitionState.RELEASED:
                 self.state.write_ok(time.monotonic())
         self.book.committed(plan)

@@ -28,6 +28,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from pipeline import metrics
 from pipeline.errors import ProviderError
 from pipeline.session import Session, Taken
+from pipeline.stt.client import send_now
 
 log = logging.getLogger("pipeline.runner")
 
@@ -126,17 +127,28 @@ class SessionRunner:
             for drift in session.drifts_ms:
                 metrics.PACING_DRIFT_S.observe(drift / 1000)
             for item in items:
+                if isinstance(item, bytes) and send_now(ws, item):
+                    continue
                 try:
                     await ws.send(item)
                 except ConnectionClosed:
                     break  # the reader reports how the socket closed
             self._flush()
-            wake_at = session.next_wakeup(self._now())
-            timeout = None if wake_at is None else max(0.0, wake_at - self._now())
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._wake.wait()
-            self._wake.clear()
+            await self._sleep(session.next_wakeup(self._now()))
+
+    async def _sleep(self, wake_at: float | None) -> None:
+        """Until ``wake_at`` (on this runner's clock) or ``notify()``: one timer, no timeout context."""
+        if not self._wake.is_set():
+            timer = None
+            if wake_at is not None:
+                loop = asyncio.get_running_loop()
+                timer = loop.call_at(loop.time() + max(0.0, wake_at - self._now()), self._wake.set)
+            try:
+                await self._wake.wait()
+            finally:
+                if timer is not None:
+                    timer.cancel()
+        self._wake.clear()
 
     async def _read(self, ws: ClientConnection) -> None:
         session = self.session

@@ -175,6 +175,7 @@ class Session:
         """:param scrub: applied to every provider-originated text before it goes into a record."""
         self.session_id = session_id
         self._scrub = scrub
+        self._request_id_cache: tuple[str, str] | None = None
         self.format = fmt
         self.first_offset = first_offset
         self.config = config
@@ -562,8 +563,14 @@ class Session:
             return event
         return replace(event, transcript=" " + text)
 
+    def _scrubbed_request_id(self, raw: str) -> str:
+        """Scrubbed once per distinct id: every event of a connection carries the same one."""
+        if self._request_id_cache is None or self._request_id_cache[0] != raw:
+            self._request_id_cache = (raw, self._scrub(raw)[:MAX_REQUEST_ID_CHARS])
+        return self._request_id_cache[1]
+
     def _publish(self, event: TurnEvent) -> None:
-        request_id = None if event.request_id is None else self._scrub(event.request_id)[:MAX_REQUEST_ID_CHARS]
+        request_id = None if event.request_id is None else self._scrubbed_request_id(event.request_id)
         if event.type == "session.error":
             self._emit_turn("session.error", error=event.error, request_id=request_id)
             return

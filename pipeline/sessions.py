@@ -63,6 +63,7 @@ class SessionTable:
         ended: Callable[[OpenSession], None],
         counters: Counters,
         scrub: Callable[[str], str],
+        added: Callable[[int], None] = lambda partition: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._topics = topics
@@ -73,6 +74,7 @@ class SessionTable:
         self._ended = ended
         self._counters = counters
         self._scrub = scrub
+        self._added = added
         self._clock = clock
         self.open: dict[str, OpenSession] = {}
 
@@ -153,6 +155,8 @@ class SessionTable:
             for o in taken.outputs
         ]
         book.add(records, taken.checkpoint)
+        if records:
+            self._added(partition)  # the eager send trigger
 
     async def _run(self, current: OpenSession) -> None:
         session = current.session

@@ -161,6 +161,13 @@ class Settings(BaseSettings):
     commit_interval_ms: float = _setting(
         200.0, "STT_COMMIT_INTERVAL_MS", "transaction cadence: outputs, checkpoints and offsets commit together", gt=0
     )
+    eager_sends: bool = _setting(
+        True,
+        "STT_EAGER_SENDS",
+        "send each output at once inside the partition's open transaction (live read_uncommitted views); "
+        "the commit tick then adds checkpoints and offsets",
+    )
+    uvloop: bool = _setting(True, "STT_UVLOOP", "run the worker on uvloop when it is installed")
     group_instance_id: str = _setting("", "STT_GROUP_INSTANCE_ID", "static group membership id (stable per worker)")
     session_timeout_ms: int = _setting(10000, "STT_SESSION_TIMEOUT_MS", "consumer group session timeout", ge=1000)
     revoke_grace_s: float = _setting(

@@ -47,6 +47,8 @@ from pipeline.stt.link import SttLink
 
 log = logging.getLogger("pipeline.worker")
 
+OBSERVE_S = 0.05  # how often partition states see the consumer's view (liveness thresholds are ≥ 250 ms)
+
 
 class Worker:
     def __init__(self, settings: Settings, *, connect: Connect | None = None) -> None:
@@ -70,7 +72,14 @@ class Worker:
             ended=self._session_ended,
             counters=self.counters,
             scrub=lambda text: scrub(text, [key] if key else []),
+            added=self._added,
         )
+
+    def _added(self, partition: int) -> None:
+        """Records joined ``partition``'s book: send them now if sends are eager."""
+        owned = self._parts.get(partition)
+        if owned is not None:
+            owned.kick()
 
     def snapshot(self) -> WorkerSnapshot:
         """Partitions and their states, open sessions, lag, queued bytes and counters, as values."""
@@ -116,6 +125,7 @@ class Worker:
         self._running = True
         log.info("worker started: %r", settings)
         committer = asyncio.create_task(self._commit_loop(stop), name="committer")
+        observe_at = 0.0
         try:
             while not stop.is_set():
                 if committer.done():
@@ -138,7 +148,10 @@ class Worker:
                             else:
                                 owned.last_record_ms = item.timestamp
                                 self._handle(owned, item)
-                await self._observe(consumer)
+                now = time.monotonic()
+                if now >= observe_at:  # at most every OBSERVE_S, not after every fetch
+                    observe_at = now + OBSERVE_S
+                    await self._observe(consumer)
         finally:
             stop.set()  # the commit loop finishes its current transaction and returns; never cancel it
             with contextlib.suppress(Exception):
@@ -211,6 +224,7 @@ class Worker:
         log.warning("dead letter p%d@%d %s: %s", owned.tp.partition, record.offset, reason, scrub(detail, [], 200))
         letter = dead_letter_record(self.settings, self._letter_bytes, owned.tp, record, reason, detail, session_id)
         owned.book.add([letter])
+        owned.kick()
 
     def _corrupt(self, owned: OwnedPartition, corrupt: CorruptRecord) -> None:
         """A record aiokafka could not decode was skipped: dead-letter what is known of it."""
@@ -220,6 +234,7 @@ class Worker:
             self.counters.dead_letters += 1
             metrics.DEAD_LETTERS.labels("unparseable").inc()
             owned.book.add([corrupt_letter(self.settings, self._letter_bytes, corrupt)])
+            owned.kick()
             owned.book.consumed(corrupt.offset)
             self._router.read(corrupt.tp.partition, corrupt.offset)
 
@@ -273,10 +288,8 @@ class Worker:
             await self.commit()
 
     async def commit(self) -> None:
-        """Commit every owned partition now."""
-        for owned in list(self._parts.values()):
-            if owned.state.owned:
-                await self._commit(owned)
+        """Commit every owned partition now, concurrently (each has its own transactional producer)."""
+        await asyncio.gather(*(self._commit(o) for o in list(self._parts.values()) if o.state.owned))
 
     def _guards(self) -> None:
         settings = self.settings
@@ -320,7 +333,9 @@ class Worker:
             consumer.seek(tp, position)  # whatever a fetch in flight did meanwhile, start here
             consumer.resume(tp)
             book = CommitBook.resumed(partition, settings.sessions_topic, position, loaded[partition])
-            owned = OwnedPartition(tp, Partition(partition, limits, now), book, txns[partition])
+            owned = OwnedPartition(
+                tp, Partition(partition, limits, now), book, txns[partition], eager=settings.eager_sends
+            )
             owned.dormant = {s: now for s, c in loaded[partition].items() if c.status == "open"}
             self._parts[partition] = owned
             self._router.assign(partition, position)
@@ -377,6 +392,8 @@ class Worker:
         parts = [self._parts[p] for p in partitions if p in self._parts]
         started = time.monotonic()
         await self._settle(parts, close=True)
+        for owned in parts:
+            await owned.stop_sending()
         for owned in self._still_owned(parts):
             await owned.txn.stop()
             owned.state.release()
@@ -394,6 +411,7 @@ class Worker:
         self._router.unassign(partition)
         if owned is not None:
             owned.state.release()
+            await owned.stop_sending()
             await owned.txn.stop()
 
 

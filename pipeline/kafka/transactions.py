@@ -7,6 +7,13 @@ checkpoints and tombstones for `stt.sessions` (written to the input partition's 
 `stt.sessions` partition has exactly one writer), and ``send_offsets_to_transaction`` of its offset.
 A reader with ``read_committed`` sees outputs exactly when the input they came from counts as consumed.
 
+Eager sends (as Kafka Streams does): :meth:`PartitionTransactions.send` begins the transaction on the
+first record and sends records into it as soon as they exist, so ``read_uncommitted`` live views see
+them within milliseconds; :meth:`commit` then sends only what the plan has not sent yet
+(``plan.unsent``), the checkpoints and the offset, waits for every acknowledgement of the transaction
+and commits. An eager send that fails dooms the open transaction: the next commit aborts it and the
+caller requeues all its records, sent or not.
+
 A failed transaction is aborted and the producer replaced (a fresh one re-initializes the
 transactional id); the caller puts the plan's records back (:meth:`CommitBook.failed`). A record the
 broker or the client refuses for itself (too large, invalid) would fail every retry and hold back the
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -29,6 +37,7 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 
+from pipeline import metrics
 from pipeline.commit import CommitPlan, OutRecord
 from pipeline.errors import DeliveryError
 from pipeline.kafka.clients import kafka_options
@@ -72,6 +81,13 @@ class PartitionTransactions:
         self._lock = asyncio.Lock()
         self.transactions = 0
         self.failures = 0
+        # the open transaction: begun, its records' acknowledgements by index, refused records, the
+        # error of a failed eager send (which dooms it)
+        self._open = False
+        self._futures: dict[int, asyncio.Future[object]] = {}
+        self._refused: dict[int, str] = {}
+        self._sent = 0
+        self._doomed: BaseException | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -87,6 +103,8 @@ class PartitionTransactions:
         await self._producer.start()
 
     async def stop(self) -> None:
+        """Stop the producer; a transaction still open is lost with it (never committed)."""
+        self._open, self._futures, self._refused, self._sent, self._doomed = False, {}, {}, 0, None
         if self._producer is not None:
             producer, self._producer = self._producer, None
             try:
@@ -94,10 +112,28 @@ class PartitionTransactions:
             except Exception:
                 log.debug("stopping producer %s failed", self.transactional_id, exc_info=True)
 
+    async def send(self, records: Sequence[OutRecord]) -> None:
+        """Eager mode: send ``records`` into the open transaction now (beginning it if needed). Never
+        raises: a failure dooms the transaction, and the next :meth:`commit` aborts it."""
+        if not records:
+            return
+        async with self._lock:
+            if self._doomed is not None:
+                self._sent += len(records)
+                return
+            try:
+                producer = await self._begin()
+                await self._send_all(producer, records)
+            except BaseException as exc:  # a cancellation too: some of these records may not be sent
+                self._doomed = exc
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+
     async def commit(self, plan: CommitPlan) -> None:
-        """Run ``plan`` as one transaction. Raises :class:`Fenced`, :class:`RecordsRefused` or
-        :class:`TransactionFailed` (aborted, producer replaced); returns once committed."""
-        if plan.empty:
+        """Run ``plan`` as one transaction (its first ``plan.sent`` records were sent by :meth:`send`).
+        Raises :class:`Fenced`, :class:`RecordsRefused` or :class:`TransactionFailed` (aborted,
+        producer replaced); returns once committed."""
+        if plan.empty and not self._open:
             return
         async with self._lock:
             try:
@@ -115,31 +151,52 @@ class PartitionTransactions:
                 raise TransactionFailed(repr(exc)) from exc
             self.transactions += 1
 
-    async def _run(self, plan: CommitPlan) -> None:
+    async def _begin(self) -> AIOKafkaProducer:
         producer = self._producer
         if producer is None:
             await self.start()
             producer = self._producer
             assert producer is not None
-        await producer.begin_transaction()
+        if not self._open:
+            await producer.begin_transaction()
+            self._open = True
+        return producer
+
+    async def _send_all(self, producer: AIOKafkaProducer, records: Sequence[OutRecord]) -> None:
+        for record in records:
+            index, self._sent = self._sent, self._sent + 1
+            key = None if record.key is None else record.key.encode()
+            try:
+                future = await producer.send(record.topic, value=record.value, key=key, partition=record.partition)
+            except _REFUSED as exc:
+                self._refused[index] = type(exc).__name__
+                continue
+            self._futures[index] = future
+            if record.created_at:
+                future.add_done_callback(lambda f, created=record.created_at: metrics.observe_acked(f, created))
+
+    async def _run(self, plan: CommitPlan) -> None:
         try:
-            records = list(plan.records)
-            for session_id, checkpoint in plan.checkpoints:
-                value = None if checkpoint is None else checkpoint.to_json()
-                records.append(OutRecord(self.sessions_topic, session_id, value, self.input_tp.partition))
-            futures: dict[int, asyncio.Future[object]] = {}
-            refused: dict[int, str] = {}
-            for i, record in enumerate(records):
-                key = None if record.key is None else record.key.encode()
-                try:
-                    futures[i] = await producer.send(
-                        record.topic, value=record.value, key=key, partition=record.partition
-                    )
-                except _REFUSED as exc:
-                    refused[i] = type(exc).__name__
+            doomed = self._doomed
+            if doomed is not None:
+                if isinstance(doomed, Exception):
+                    raise doomed
+                raise TransactionFailed(f"an eager send was interrupted ({doomed!r})")
+            if plan.sent != self._sent:
+                raise TransactionFailed(f"the plan counts {plan.sent} records sent, the transaction {self._sent}")
+            producer = await self._begin()
+            await self._send_all(producer, plan.unsent)
+            partition = self.input_tp.partition
+            checkpoints = [
+                OutRecord(self.sessions_topic, session_id, None if c is None else c.to_json(), partition)
+                for session_id, c in plan.checkpoints
+            ]
+            await self._send_all(producer, checkpoints)
             if plan.advance:
                 await producer.send_offsets_to_transaction({self.input_tp: plan.offset}, self.settings.group_id)
+            futures = self._futures
             results = await asyncio.gather(*futures.values(), return_exceptions=True)
+            refused = self._refused
             for i, result in zip(futures, results, strict=True):
                 if isinstance(result, _REFUSED):
                     refused[i] = type(result).__name__
@@ -149,11 +206,14 @@ class PartitionTransactions:
                 raise RecordsRefused({i: e for i, e in refused.items() if i < len(plan.records)} or refused)
             await producer.commit_transaction()
         except BaseException:
-            try:
-                await producer.abort_transaction()
-            except Exception:
-                log.debug("abort on %s failed", self.transactional_id, exc_info=True)
+            if self._open and self._producer is not None:
+                try:
+                    await self._producer.abort_transaction()
+                except Exception:
+                    log.debug("abort on %s failed", self.transactional_id, exc_info=True)
             raise
+        finally:
+            self._open, self._futures, self._refused, self._sent, self._doomed = False, {}, {}, 0, None
 
     async def _recover(self) -> None:
         """Replace the producer: a fresh one re-initializes the transactional id (and fences nothing else)."""

@@ -18,6 +18,9 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError, Inval
 from pipeline.audio import ENCODINGS, Encoding, silence
 from pipeline.emulator.engines.tones import synthesize
 from pipeline.emulator.faults import Fault
+from pipeline.records import AudioFormat
+from pipeline.settings import default
+from pipeline.stt.client import open_socket
 from tests.support.emulator import EmulatorThread, running_emulator
 
 VERSION = {"Cartesia-Version": "2026-03-01"}
@@ -387,3 +390,16 @@ async def test_fault_delay_holds_events_back(fast: EmulatorThread) -> None:
         assert time.monotonic() - start >= 0.4
         await ws.send('{"type":"close"}')
         await read_all(ws)
+
+
+async def test_the_worker_socket_sends_audio_uncompressed(fast: EmulatorThread) -> None:
+    """PCM hardly compresses: the worker's STT socket does not negotiate permessage-deflate, whose cost
+    was 12 % of the worker's CPU, although the server offers it."""
+    ws = await open_socket(fast.base_url, AudioFormat("pcm_s16le", 16000), "", default("stt_version"))
+    try:
+        assert ws.protocol.extensions == []
+        assert ws.response is not None and "Sec-WebSocket-Extensions" not in ws.response.headers
+    finally:
+        await ws.close()
+    async with connect(url(fast)) as offered:  # the server does offer it to a client that asks
+        assert [e.name for e in offered.protocol.extensions] == ["permessage-deflate"]

@@ -29,9 +29,11 @@ async def topics(bootstrap: str, *names: str) -> None:
         await admin.close()
 
 
-async def committed_values(bootstrap: str, topic: str, expect: int) -> list[dict[str, object]]:
+async def committed_values(
+    bootstrap: str, topic: str, expect: int, isolation: str = "read_committed"
+) -> list[dict[str, object]]:
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", isolation_level="read_committed"
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", isolation_level=isolation
     )
     await consumer.start()
     out: list[dict[str, object]] = []
@@ -155,3 +157,67 @@ async def test_outputs_checkpoints_and_offset_commit_together_and_a_new_owner_fe
     finally:
         await first.stop()
         await second.stop()
+
+
+async def test_eager_sends_are_live_at_once_and_commit_with_the_plan(kafka_bootstrap: str) -> None:
+    """Eager mode: a record sent into the open transaction is visible to read_uncommitted before the
+    commit; the commit adds what the plan has not sent yet, and read_committed sees each once."""
+    tag = uuid.uuid4().hex[:8]
+    topic, inp, sessions = f"out-{tag}", f"in-{tag}", f"ses-{tag}"
+    await topics(kafka_bootstrap, topic, inp, sessions)
+    txn = PartitionTransactions(settings_for(kafka_bootstrap, f"g-{tag}"), TopicPartition(inp, 0), sessions)
+    book = book_for(inp, sessions)
+    await txn.start()
+    try:
+        book.add([out(topic, 1)])
+        await txn.send(book.to_send())
+        assert await committed_values(kafka_bootstrap, topic, 1, "read_uncommitted") == [{"n": 1}]
+        book.add([out(topic, 2)])
+        plan = book.plan()
+        assert plan.sent == 1
+        await txn.commit(plan)
+        book.committed(plan)
+        assert await committed_values(kafka_bootstrap, topic, 2) == [{"n": 1}, {"n": 2}]
+    finally:
+        await txn.stop()
+
+
+async def test_an_aborted_transaction_sends_its_eager_records_again_and_commits_them_once(
+    kafka_bootstrap: str,
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    topic, inp, sessions = f"out-{tag}", f"in-{tag}", f"ses-{tag}"
+    await topics(kafka_bootstrap, topic, inp, sessions)
+    txn = PartitionTransactions(settings_for(kafka_bootstrap, f"g-{tag}"), TopicPartition(inp, 0), sessions)
+    book = book_for(inp, sessions)
+    await txn.start()
+    try:
+        book.add([out(topic, 1), out(topic, 2)])
+        for delay in (0.0, 0.001, 0.005):  # abort (by cancellation) at different points of the commit
+            await txn.send(book.to_send())
+            plan = book.plan()
+            assert plan.sent == 2
+            task = asyncio.create_task(txn.commit(plan))
+            await asyncio.sleep(delay)
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                book.failed(plan)
+                continue
+            book.committed(plan)
+            break
+        for _ in range(5):
+            await txn.send(book.to_send())
+            plan = book.plan()
+            try:
+                await txn.commit(plan)
+            except TransactionFailed:
+                book.failed(plan)
+                continue
+            book.committed(plan)
+            break
+        assert book.pending == 0
+        assert await committed_values(kafka_bootstrap, topic, 2) == [{"n": 1}, {"n": 2}]
+    finally:
+        await txn.stop()

@@ -325,6 +325,40 @@ async def test_muted_producer_gets_silence_so_the_turn_ends(
     await read_topic(kafka_bootstrap, config.transcripts_topic, until=sessions_ended(1))
 
 
+async def test_live_views_see_outputs_at_once_and_committed_readers_once_per_commit(
+    kafka_bootstrap: str, emulator: EmulatorThread
+) -> None:
+    """Eager sends: with a commit interval far longer than the session, a read_uncommitted live view
+    still sees the turn events as they happen; the commit at shutdown makes them visible to
+    read_committed readers, each seq exactly once."""
+    config = make_config(kafka_bootstrap, emulator).replace(commit_interval_ms=600_000)
+    harness = WorkerHarness(config)
+    await harness.prepare()
+    pcm = synthesize("Live words here.", 16000, "pcm_s16le")
+    await produce(kafka_bootstrap, config.audio_topic, [audio_record("live", 0, pcm, "pcm_s16le", 16000)])
+    await harness.start()
+    try:
+        live = await read_topic(
+            kafka_bootstrap,
+            config.turns_topic,
+            until=lambda rs: any(r["type"] == "turn.end" for r in rs),
+            limit_s=20,
+            isolation="read_uncommitted",
+        )
+        assert [e["transcript"] for e in live if e["type"] == "turn.end"] == ["Live words here."]
+        await produce(kafka_bootstrap, config.audio_topic, [control_record("live", 1, "end")])
+        async with asyncio.timeout(20):
+            while not harness.worker.snapshot().counters.sessions_ended:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    finally:
+        await harness.stop()
+    committed = await read_topic(
+        kafka_bootstrap, config.turns_topic, until=lambda rs: any(r["type"] == "session.end" for r in rs)
+    )
+    check_turn_stream(committed)
+    assert [e["seq"] for e in live] == [e["seq"] for e in committed[: len(live)]]
+
+
 async def test_missing_topics_without_permission_to_create_fail_clearly(kafka_bootstrap: str) -> None:
     config = worker_config(kafka_bootstrap, "http://127.0.0.1:1", create_topics=False)
     with pytest.raises(TopicSetupError) as refused:

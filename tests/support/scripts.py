@@ -212,14 +212,20 @@ class Collector:
 
 
 async def read_topic(
-    bootstrap: str | Settings, topic: str, *, until: Callable[[list[dict[str, Any]]], bool], limit_s: float = 120.0
+    bootstrap: str | Settings,
+    topic: str,
+    *,
+    until: Callable[[list[dict[str, Any]]], bool],
+    limit_s: float = 120.0,
+    isolation: str = "read_committed",
 ) -> list[dict[str, Any]]:
-    """Read a topic from the beginning (read_committed) until ``until(records)`` holds; keys must be session ids."""
+    """Read a topic from the beginning (read_committed unless told) until ``until(records)`` holds; keys
+    must be session ids."""
     consumer = AIOKafkaConsumer(
         topic,
         **kafka_options(connection(bootstrap), "test-reader"),
         auto_offset_reset="earliest",
-        isolation_level="read_committed",
+        isolation_level=isolation,
     )
     await consumer.start()
     records: list[dict[str, Any]] = []

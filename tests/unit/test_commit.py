@@ -124,6 +124,38 @@ def test_a_failed_plan_returns_the_quarantined_records_and_requeues_the_rest_in_
     assert b.plan().records == (out("a", 0), out("a", 2), out("a", 3))
 
 
+def test_eager_sends_take_each_record_once_and_the_plan_counts_them_as_sent() -> None:
+    b = book()
+    b.add([out("a", 0)], cp("a", next_seq=1))
+    assert b.to_send() == [out("a", 0)]
+    assert b.to_send() == []
+    b.add([out("a", 1)], cp("a", next_seq=2))
+    plan = b.plan()
+    assert (plan.records, plan.sent, plan.unsent) == ((out("a", 0), out("a", 1)), 1, (out("a", 1),))
+
+
+def test_nothing_is_sent_eagerly_while_a_plan_is_in_flight() -> None:
+    b = book()
+    b.add([out("a", 0)], cp("a", next_seq=1))
+    first = b.plan()
+    b.add([out("a", 1)], cp("a", next_seq=2))
+    assert b.to_send() == []
+    b.committed(first)
+    assert b.to_send() == [out("a", 1)]
+
+
+def test_an_aborted_plan_requeues_its_eagerly_sent_records_to_be_sent_again() -> None:
+    b = book()
+    b.add([out("a", 0), out("a", 1)], cp("a", next_seq=2))
+    assert len(b.to_send()) == 2
+    first = b.plan()
+    assert first.sent == 2
+    b.add([out("a", 2)], cp("a", next_seq=3))
+    b.failed(first)
+    assert b.to_send() == [out("a", 0), out("a", 1), out("a", 2)]
+    assert b.plan().sent == 3
+
+
 def test_only_one_plan_in_flight() -> None:
     b = book()
     plan = b.plan()
@@ -255,6 +287,7 @@ class CommitMachine(RuleBasedStateMachine):
         self.pending: list[OutRecord] = []
         self.dead_inputs: dict[bytes, int] = {}  # dead letter → its input offset
         self.inflight: CommitPlan | None = None
+        self.sent = 0  # leading ``pending`` records sent eagerly into the open transaction
         self.clock = 0
         self.ids = 0
 
@@ -348,13 +381,26 @@ class CommitMachine(RuleBasedStateMachine):
 
     # -- the transaction --
 
+    @rule()
+    def send_eagerly(self) -> None:
+        """Eager mode: what was added since the last eager send goes into the open transaction now;
+        nothing while a plan is in flight."""
+        batch = self.book.to_send()
+        if self.inflight is not None:
+            assert batch == []
+            return
+        assert batch == self.pending[self.sent :], "an eager send lost, repeated or reordered records"
+        self.sent = len(self.pending)
+
     @precondition(lambda self: self.inflight is None)
     @rule()
     def plan(self) -> None:
         plan = self.book.plan()
         self.inflight = plan
         assert plan.records == tuple(self.pending), "records lost, duplicated or reordered"
-        self.pending = []
+        assert plan.sent == self.sent, "the plan miscounts the records already sent"
+        assert plan.unsent == tuple(self.pending[self.sent :])
+        self.pending, self.sent = [], 0
         needed = [self.pos, *self.holds.values()]
         needed += [self.latest[sid].resume_offset for sid in self.open_ids()]
         assert plan.offset == min(needed)
@@ -394,6 +440,7 @@ class CommitMachine(RuleBasedStateMachine):
         plan, self.inflight = self.inflight, None
         self.book.failed(plan)
         self.pending = list(plan.records) + self.pending
+        self.sent = 0  # requeued: sent again into the next transaction
 
     def _apply(self, plan: CommitPlan) -> None:
         """``plan`` is now in Kafka: check it could never lose or duplicate anything."""
@@ -462,12 +509,14 @@ class CommitMachine(RuleBasedStateMachine):
         assert set(self.latest) == set(world.sessions)
         self.pos = world.offset
         self.holds = {}
-        self.pending = []
+        self.pending, self.sent = [], 0
         self.book = CommitBook.resumed(0, SESSIONS, world.offset, dict(world.sessions))
 
     @invariant()
     def book_reports_what_it_holds(self) -> None:
         assert self.book.pending == len(self.pending)
+        assert self.book.unsent == len(self.pending) - self.sent
+        assert self.book.in_flight == (self.inflight is not None)
         assert dict(self.book.checkpoints()) == self.latest
 
     def teardown(self) -> None:

@@ -59,6 +59,8 @@ DOCUMENTED = {
     "silence_budget_ms": "STT_SILENCE_BUDGET_MS",
     "drain_deadline_s": "STT_DRAIN_DEADLINE_S",
     "commit_interval_ms": "STT_COMMIT_INTERVAL_MS",
+    "eager_sends": "STT_EAGER_SENDS",
+    "uvloop": "STT_UVLOOP",
     "group_instance_id": "STT_GROUP_INSTANCE_ID",
     "session_timeout_ms": "STT_SESSION_TIMEOUT_MS",
     "revoke_grace_s": "STT_REVOKE_GRACE_S",
