@@ -7,7 +7,9 @@ against an already-running broker instead; that broker is never started, stopped
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -37,9 +39,35 @@ def secured_kafka() -> Iterator[KafkaBroker]:
     broker = KafkaBroker(security="sasl_ssl")
     try:
         broker.start()
+        asyncio.run(_acls_in_force(broker))
         yield broker
     finally:
         broker.stop()
+
+
+async def _acls_in_force(broker: KafkaBroker, limit_s: float = 60.0) -> None:
+    """Until the ``stt-worker`` user's ACLs are enforced: the authorizer learns ACLs from the metadata
+    log a moment after they are created, and an idempotent producer (IdempotentWrite on the cluster)
+    is refused until then."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import ClusterAuthorizationFailedError
+
+    from pipeline.kafka.clients import kafka_options
+    from pipeline.settings import Settings
+
+    settings = Settings.load(env=broker.client_env())
+    deadline = time.monotonic() + limit_s
+    while True:
+        producer = AIOKafkaProducer(**kafka_options(settings, "probe"), enable_idempotence=True)
+        try:
+            await producer.start()
+            return
+        except ClusterAuthorizationFailedError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+        finally:
+            await producer.stop()
 
 
 @pytest.fixture(scope="session")
