@@ -156,7 +156,10 @@ analytics() {
         STT_ANALYTICS_DB="$DEMO_DIR/analytics.duckdb" "$BIN/stt-pipeline" --log-level WARNING analytics "$@"
 }
 say "starting the analytics app (dashboard $ANALYTICS_URL/, log: $LOG_DIR/analytics.log)"
-analytics >"$LOG_DIR/analytics.log" 2>&1 &
+# Started directly, not through the function: `$!` must be the app's own PID, so that cleanup stops it.
+KAFKA_BOOTSTRAP_SERVERS="$BOOTSTRAP" STT_ANALYTICS_PORT="$ANALYTICS_PORT" \
+    STT_ANALYTICS_DB="$DEMO_DIR/analytics.duckdb" "$BIN/stt-pipeline" --log-level WARNING analytics \
+    >"$LOG_DIR/analytics.log" 2>&1 &
 ANALYTICS_PID=$!
 for ((i = 0; ; i++)); do
     curl -sf "$ANALYTICS_URL/ready" >/dev/null 2>&1 && break
