@@ -46,7 +46,6 @@ class OwnedPartition:
     ) -> None:
         self.tp, self.state, self.book, self.txn = tp, state, book, txn
         self.eager = eager
-        self.committing_since: float | None = None  # a transaction is in flight since (monotonic)
         self.dormant: dict[str, float] = {}  # open checkpoints not resumed since the assignment → since
         self.last_record_ms: int | None = None  # timestamp of the newest record read
         self._io = asyncio.Lock()  # eager sends and the commit, one at a time
@@ -77,7 +76,6 @@ class OwnedPartition:
                 await sender
 
     async def commit(self, settings: Settings, counters: Counters, letter_bytes: int) -> Outcome:
-        self.committing_since = time.monotonic()
         # A transaction that hangs means Kafka refuses writes; say so the moment it is late, not later.
         stall = asyncio.get_running_loop().call_later(settings.write_stall_ms / 1000, self._stalled)
         try:
@@ -85,7 +83,6 @@ class OwnedPartition:
                 return await self._commit(settings, counters, letter_bytes)
         finally:
             stall.cancel()
-            self.committing_since = None
             self.kick()  # records added while the plan was in flight
 
     async def _commit(self, settings: Settings, counters: Counters, letter_bytes: int) -> Outcome:
