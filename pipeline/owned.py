@@ -24,7 +24,7 @@ import time
 from aiokafka import TopicPartition
 
 from pipeline import metrics
-from pipeline.commit import CommitBook
+from pipeline.commit import CommitBook, CommitPlan
 from pipeline.kafka.transactions import Fenced, PartitionTransactions, RecordsRefused
 from pipeline.letters import quarantine_letter
 from pipeline.partition import Partition, PartitionState
@@ -102,17 +102,27 @@ class OwnedPartition:
                 # sent with the next transaction (kicked once this commit is over)
             counters.transaction_failures += 1
             return Outcome.FAILED
-        except BaseException:  # also a cancellation: the records must never be lost
+        except asyncio.CancelledError:  # settled by what Kafka did, then the cancellation goes on
+            if self.txn.committed(plan):
+                self._committed(plan, counters)
+            else:
+                self.book.failed(plan)
+                counters.transaction_failures += 1
+            raise
+        except Exception:
             self.book.failed(plan)
             counters.transaction_failures += 1
             return Outcome.FAILED
         finally:
             if self.state.state is not PartitionState.RELEASED:
                 self.state.write_ok(time.monotonic())
+        self._committed(plan, counters)
+        return Outcome.COMMITTED
+
+    def _committed(self, plan: CommitPlan, counters: Counters) -> None:
         self.book.committed(plan)
         counters.transactions += not plan.empty
         metrics.observe_committed(plan)
-        return Outcome.COMMITTED
 
     def _stalled(self) -> None:
         if self.state.state is not PartitionState.RELEASED:

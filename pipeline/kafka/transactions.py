@@ -14,6 +14,11 @@ them within milliseconds; :meth:`commit` then sends only what the plan has not s
 and commits. An eager send that fails dooms the open transaction: the next commit aborts it and the
 caller requeues all its records, sent or not.
 
+Once Kafka has been asked to commit, the answer is awaited even if :meth:`commit` is cancelled
+meanwhile: the cancellation is raised after it, and :meth:`PartitionTransactions.committed` tells the
+caller whether that plan's transaction committed (its records must then not be sent again) or not
+(they must). Aborting is not possible at that point, and guessing either way loses or repeats records.
+
 A failed transaction is aborted and the producer replaced (a fresh one re-initializes the
 transactional id); the caller puts the plan's records back (:meth:`CommitBook.failed`). A record the
 broker or the client refuses for itself (too large, invalid) would fail every retry and hold back the
@@ -88,6 +93,11 @@ class PartitionTransactions:
         self._refused: dict[int, str] = {}
         self._sent = 0
         self._doomed: BaseException | None = None
+        self._last_committed: CommitPlan | None = None
+
+    def committed(self, plan: CommitPlan) -> bool:
+        """Whether ``plan``'s transaction committed: the answer for a :meth:`commit` that was cancelled."""
+        return self._last_committed is plan
 
     async def start(self) -> None:
         settings = self.settings
@@ -176,6 +186,7 @@ class PartitionTransactions:
                 future.add_done_callback(lambda f, created=record.created_at: metrics.observe_acked(f, created))
 
     async def _run(self, plan: CommitPlan) -> None:
+        asked = False  # Kafka was asked to commit: from then on only its answer settles the plan
         try:
             doomed = self._doomed
             if doomed is not None:
@@ -204,9 +215,10 @@ class PartitionTransactions:
                     raise result
             if refused:
                 raise RecordsRefused({i: e for i, e in refused.items() if i < len(plan.records)} or refused)
-            await producer.commit_transaction()
+            asked = True
+            await self._end(producer, plan)
         except BaseException:
-            if self._open and self._producer is not None:
+            if self._open and self._producer is not None and not asked:
                 try:
                     await self._producer.abort_transaction()
                 except Exception:
@@ -214,6 +226,22 @@ class PartitionTransactions:
             raise
         finally:
             self._open, self._futures, self._refused, self._sent, self._doomed = False, {}, {}, 0, None
+
+    async def _end(self, producer: AIOKafkaProducer, plan: CommitPlan) -> None:
+        """Commit the open transaction and wait for Kafka's answer; a cancellation meanwhile is raised
+        only once the answer is in (recorded for :meth:`committed`)."""
+        ending = asyncio.ensure_future(producer.commit_transaction())
+        interrupted: asyncio.CancelledError | None = None
+        while not ending.done():
+            try:
+                await asyncio.wait({ending})
+            except asyncio.CancelledError as exc:
+                interrupted = exc
+        if not ending.cancelled() and ending.exception() is None:
+            self._last_committed = plan
+        if interrupted is not None:
+            raise interrupted
+        ending.result()
 
     async def _recover(self) -> None:
         """Replace the producer: a fresh one re-initializes the transactional id (and fences nothing else)."""
