@@ -377,6 +377,9 @@ class Checkpoint:
     model: str
     language: str | None
     at: int
+    # Whether the session's provider starts a connection's later turns with whitespace (the seam rule,
+    # :mod:`pipeline.session`); None: not seen yet, and left out of the record.
+    provider_separates: bool | None = None
 
     @property
     def format(self) -> AudioFormat:
@@ -391,7 +394,7 @@ class Checkpoint:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        record: dict[str, Any] = {
             "session_id": self.session_id,
             "status": self.status,
             "resume_offset": self.resume_offset,
@@ -410,6 +413,9 @@ class Checkpoint:
             "language": self.language,
             "at": self.at,
         }
+        if self.provider_separates is not None:
+            record["provider_separates"] = self.provider_separates
+        return record
 
     def to_json(self) -> bytes:
         return _dumps(self.to_dict())
@@ -440,6 +446,7 @@ class Checkpoint:
                 "language",
                 "at",
             ),
+            ("provider_separates",),
         )
         return cls(
             session_id=_str(obj, "session_id", what, nonempty=True),
@@ -459,6 +466,7 @@ class Checkpoint:
             model=_str(obj, "model", what),
             language=_opt_str(obj, "language", what),
             at=_int(obj, "at", what),
+            provider_separates=_bool(obj, "provider_separates", what) if "provider_separates" in obj else None,
         )
 
 

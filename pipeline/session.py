@@ -34,8 +34,9 @@ whitespace, the first turn of the new connection gets the single space the provi
 sent had the connection continued, unless this session's provider was seen to start later turns
 without a separator (then it adds none: it never invents a separator the provider doesn't use).
 This is the one place text is touched; it keeps a recovered session's transcript identical to an
-undisturbed one. (After a crash restart nothing has been seen yet, and the documented Cartesia
-behaviour, a leading space, is assumed.)
+undisturbed one. What was seen survives a crash restart: the checkpoint carries it
+(``provider_separates``). Until a session has seen a later turn (and when resuming from a checkpoint
+written without the field) the documented Cartesia behaviour, a leading space, is assumed.
 
 Word timestamps. The provider times words from the first audio of *its* connection; the session
 publishes them in session input audio time (:meth:`Session.session_ms`): offset by where the
@@ -117,7 +118,8 @@ class Taken:
 
 @dataclass(frozen=True, slots=True)
 class Resume:
-    """Where a session restarts after a crash (read from its checkpoint)."""
+    """Where a session restarts after a crash (read from its checkpoint), and what it had learned of
+    its provider (``provider_separates``: see Connection seams in the module docstring)."""
 
     next_seq: int
     next_turn: int
@@ -125,6 +127,7 @@ class Resume:
     transcript: str
     next_input_seq: int
     audio_ms: float
+    provider_separates: bool | None = None
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint) -> Resume:
@@ -135,6 +138,7 @@ class Resume:
             transcript=checkpoint.transcript,
             next_input_seq=checkpoint.next_input_seq,
             audio_ms=checkpoint.audio_ms,
+            provider_separates=checkpoint.provider_separates,
         )
 
 
@@ -200,7 +204,7 @@ class Session:
         self._next_offset = first_offset
         self._outputs: list[Output] = []
         # Whether the provider starts a connection's later turns with a separator: None until seen.
-        self._provider_separates: bool | None = None
+        self._provider_separates: bool | None = None if resume is None else resume.provider_separates
         self._finalizes_sent: deque[int] = deque()  # offsets of finalize records sent, awaiting flush_done
         if resume is None:
             self._next_in = 0
@@ -552,6 +556,7 @@ class Session:
             model=fmt.model,
             language=fmt.language,
             at=self._wall_ms(),
+            provider_separates=self._provider_separates,
         )
 
     def _seamed(self, event: TurnEvent) -> TurnEvent:

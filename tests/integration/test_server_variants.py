@@ -7,6 +7,10 @@ the server-side buffer on (the default) and one auto connection dropped mid-sess
 replays under that variant. The expected text is the variant's undisturbed run: the tones script
 verbatim, except that a server sending no leading space on later turns concatenates them without one
 (and the reconnect seam must not invent it).
+
+A crash is the other seam: a worker process killed with SIGKILL mid-session and started again resumes
+its sessions from their checkpoints on fresh connections, and must join them as an undisturbed run
+would, with or without the provider's leading spaces (what the session learned rides in the checkpoint).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import asyncio
 import itertools
 import random
 import uuid
+from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -28,7 +34,8 @@ from pipeline.settings import Settings
 from pipeline.worker import Worker
 from tests.support.config import worker_config
 from tests.support.emulator import running_emulator
-from tests.support.scripts import Record, audio_record, control_record, read_topic, session_records
+from tests.support.scripts import Collector, Record, audio_record, control_record, read_topic, session_records
+from tests.support.workers import WorkerProcess
 
 pytestmark = pytest.mark.kafka
 
@@ -41,9 +48,14 @@ MANUAL_PRESSES = ["Push to talk.", "Second press."]
 DROP_AT_MS = 4800.0
 
 
-def expected_auto(variant: Variant | None) -> str:
+# A longer script for the crash: the kill comes once every session's second turn is committed, and
+# several seconds of its audio must still be ahead so the kill lands mid-session.
+CRASH_TURNS = [*AUTO_TURNS, "India juliet.", "Kilo lima?", "Mike november!"]
+
+
+def expected_auto(variant: Variant | None, turns: list[str] = AUTO_TURNS) -> str:
     separator = "" if variant == "no_leading_space" else " "
-    return separator.join(AUTO_TURNS)
+    return separator.join(turns)
 
 
 def manual_records(session: str) -> list[Record]:
@@ -118,3 +130,52 @@ async def test_exact_finals_under_every_server_variant(kafka_bootstrap: str, var
     assert worker.snapshot().counters.sessions_ended == {"complete": 3}
     if variant == "in_stream_429":
         assert refusals > 0  # the limit was hit, and answered in-stream
+
+
+def second_turn_committed(records: list[dict[str, Any]], session: str) -> bool:
+    return any(r["kind"] == "turn" and r["session_id"] == session and r["turn"] >= 1 for r in records)
+
+
+@pytest.mark.parametrize("variant", [None, "no_leading_space"], ids=lambda v: v or "default")
+async def test_a_kill_9_mid_session_resumes_with_the_undisturbed_text(
+    kafka_bootstrap: str, variant: Variant | None, tmp_path: Path
+) -> None:
+    variants = frozenset() if variant is None else frozenset({variant})
+    with running_emulator(variants=variants) as emu:
+        config: Settings = worker_config(
+            kafka_bootstrap, emu.base_url, drain_deadline_s=20, commit_interval_ms=200, session_timeout_ms=6000
+        )
+        await ensure_topics(config)
+        rng = random.Random(7)
+        tag = uuid.uuid4().hex[:6]
+        sessions = [f"crash-{i}-{tag}" for i in range(2)]
+        records: list[Record] = []
+        for session in sessions:
+            records += session_records(session, list(CRASH_TURNS), "pcm_s16le", 16000, rng)
+        await produce(kafka_bootstrap, config.audio_topic, records)
+
+        worker = WorkerProcess(config, tmp_path / "w1.log", "w1")
+        async with Collector(kafka_bootstrap, config.transcripts_topic) as collector:
+            worker.start()
+            try:
+                # once every session's second turn is committed, its checkpoint holds what the seam rule learned
+                await collector.wait_until(lambda rs: all(second_turn_committed(rs, s) for s in sessions), 90)
+                worker.kill()
+                worker.start()
+                await collector.wait_sessions(len(sessions), 120)
+                resumed = worker.status()["counters"]["sessions_resumed"]
+            finally:
+                if worker.alive:
+                    await asyncio.to_thread(worker.terminate)
+        records_seen = [r for _, r in collector.records]
+
+    assert resumed == len(sessions), f"the kill must land mid-session\n{worker.log_tail()}"
+    for record in records_seen:
+        validate("transcript", record)
+    assert len({(r["session_id"], r["seq"]) for r in records_seen}) == len(records_seen)  # no final twice
+    separator = "" if variant == "no_leading_space" else " "
+    for session in sessions:
+        finals = [r for r in records_seen if r["kind"] == "session" and r["session_id"] == session]
+        assert [(r["status"], r["transcript"]) for r in finals] == [("complete", expected_auto(variant, CRASH_TURNS))]
+        turns = [r["transcript"] for r in records_seen if r["kind"] == "turn" and r["session_id"] == session]
+        assert turns == [t if k == 0 else separator + t for k, t in enumerate(CRASH_TURNS)]

@@ -198,6 +198,13 @@ class Collector:
     def finals(self) -> list[dict[str, Any]]:
         return [r for _, r in self.records if r["kind"] == "session"]
 
+    async def wait_until(self, done: Callable[[list[dict[str, Any]]], bool], limit_s: float) -> None:
+        """Until ``done(the records read so far)`` holds."""
+        async with asyncio.timeout(limit_s):
+            while not done([r for _, r in self.records]):
+                await self._arrived.wait()
+                self._arrived.clear()
+
     async def wait_sessions(self, n: int, limit_s: float) -> None:
         """Until ``n`` sessions have a final, then 2 s more: anything duplicated would show up by then."""
         async with asyncio.timeout(limit_s):

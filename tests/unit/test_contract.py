@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jsonschema
 import orjson
 import pytest
 from hypothesis import given
@@ -24,7 +25,7 @@ from pipeline.contract import (
 )
 from pipeline.errors import ContractError
 from pipeline.records import AudioFormat, Rejected, dead_letter
-from pipeline.schemas import validate
+from pipeline.schemas import SchemaKind, load_schema, validate
 
 ints = st.integers(min_value=0, max_value=2**63 - 1)
 small = st.integers(min_value=0, max_value=10_000)
@@ -95,6 +96,7 @@ checkpoints = st.builds(
     model=texts,
     language=st.none() | texts,
     at=ints,
+    provider_separates=st.none() | st.booleans(),
 )
 
 dead_letters = st.builds(
@@ -149,6 +151,20 @@ def test_error_info_round_trips(info: ProviderErrorInfo) -> None:
     assert ProviderErrorInfo.from_json(info.to_json()) == info
 
 
+@pytest.mark.parametrize(
+    ("kind", "record_type"),
+    [("turn", TurnRecord), ("transcript", TranscriptRecord), ("checkpoint", Checkpoint), ("dead_letter", DeadLetter)],
+)
+def test_the_schema_and_the_type_have_the_same_fields_and_the_same_required_ones(
+    kind: SchemaKind, record_type: type[Any]
+) -> None:
+    schema = load_schema(kind)
+    fields = dataclasses.fields(record_type)
+    assert set(schema["properties"]) == {f.name for f in fields}
+    defaulted = {f.name for f in fields if f.default is not dataclasses.MISSING}
+    assert set(schema["required"]) == {f.name for f in fields} - defaulted
+
+
 # -- the published bytes are those of the dict builders they replace ------------------------------
 
 
@@ -185,6 +201,9 @@ def test_transcript_and_checkpoint_bytes_keep_the_previous_key_order() -> None:
         b'"model":"ink-2","language":null,"at":5}'
     )
     assert checkpoint.format == AudioFormat("pcm_s16le", 16000, 1, "auto", "ink-2", None)
+    # what the session learned of its provider's separators goes last, and only once it is known
+    learned = dataclasses.replace(checkpoint, provider_separates=False)
+    assert learned.to_json() == checkpoint.to_json()[:-1] + b',"provider_separates":false}'
 
 
 @pytest.mark.parametrize("value", [None, b"", b"\x00\x01\xff"])
@@ -281,6 +300,23 @@ def test_checkpoint_from_json_is_strict() -> None:
     with pytest.raises(ContractError):
         Checkpoint.from_json(without)
     assert dataclasses.replace(good, at=0) != good
+
+
+def test_provider_separates_is_optional_and_boolean_in_the_type_as_in_the_schema() -> None:
+    old = Checkpoint("s", "open", 7, 4, 1, 1, 2, "", 1.0, None, "auto", "pcm_s16le", 16000, 1, "ink-2", None, 5)
+    data = old.to_dict()
+    assert "provider_separates" not in data  # a checkpoint written before the field existed
+    assert Checkpoint.from_json(data).provider_separates is None  # reads as: not seen yet
+    for known in (True, False):
+        record = {**data, "provider_separates": known}
+        validate("checkpoint", record)
+        assert Checkpoint.from_json(record).provider_separates is known
+    for bad in (None, "false", 0, 1):
+        record = {**data, "provider_separates": bad}
+        with pytest.raises(jsonschema.ValidationError):
+            validate("checkpoint", record)
+        with pytest.raises(ContractError):
+            Checkpoint.from_json(record)
 
 
 def test_dead_letter_from_json_is_strict() -> None:

@@ -348,6 +348,13 @@ def test_checkpoint_fields_are_required(key: str) -> None:
     invalid("checkpoint", without(VALID_CHECKPOINT, key))
 
 
+def test_provider_separates_is_an_optional_boolean() -> None:
+    for known in (True, False):
+        validate("checkpoint", with_(VALID_CHECKPOINT, provider_separates=known))
+    for bad in (None, "true", 1):
+        invalid("checkpoint", with_(VALID_CHECKPOINT, provider_separates=bad))
+
+
 @pytest.mark.parametrize(
     "changes",
     [

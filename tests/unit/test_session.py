@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pipeline.contract import Checkpoint
 from pipeline.errors import ProviderError
 from pipeline.records import AudioFormat, InputMessage, Rejected
 from pipeline.schemas import validate
@@ -389,6 +390,43 @@ def test_checkpoint_and_resume_continue_numbering_without_a_second_start() -> No
     assert final["seq"] == checkpoint.next_transcript_seq + 1
     done = resumed.checkpoint()
     assert done.status == "complete" and done.close_offset == checkpoint.resume_offset
+
+
+@pytest.mark.parametrize(
+    ("before", "expected"),
+    [
+        (["Zero.", "One."], "Zero.One.Two."),  # seen to start a later turn without a separator: none added
+        (["Zero.", " One."], "Zero. One. Two."),  # seen to separate: the seam gets the space
+        (["Zero."], "Zero. Two."),  # nothing seen yet: the documented leading space is assumed
+    ],
+)
+def test_a_crash_resume_keeps_what_the_session_learned_about_separators(before: list[str], expected: str) -> None:
+    session = make(replay_margin_ms=0)
+    session.accept(audio(0, b"\1\0" * 1600), 0.0, offset=0)
+    session.accept(audio(1, b"\2\0" * 1600), 0.0, offset=1)
+    drive(session, 0.15)
+    for k, text in enumerate(before):
+        feed_turn(session, text, first=k == 0)
+    stored = session.take().checkpoint.to_json()  # what stt.sessions holds for the next owner
+    validate("checkpoint", orjson.loads(stored))
+    checkpoint = Checkpoint.from_json(stored)
+    resumed = Session(
+        "s1",
+        S16,
+        first_offset=checkpoint.resume_offset,
+        config=SessionConfig(),
+        wall_ms=lambda: 1,
+        resume=Resume.from_checkpoint(checkpoint),
+    )
+    resumed.accept(control(checkpoint.next_input_seq, "end"), 0.0, offset=checkpoint.resume_offset)
+    resumed.poll(0.0, input_live=True)
+    feed_turn(resumed, "Two.", first=True)  # a fresh connection's first text has no leading space
+    resumed.on_closed(1000)
+    transcripts = records(resumed.take().outputs, "transcripts")
+    assert [(r["kind"], r["transcript"]) for r in transcripts] == [
+        ("turn", expected.removeprefix("".join(before))),
+        ("session", expected),
+    ]
 
 
 def test_truncate_ends_the_session_with_the_reason_and_keeps_finished_turns() -> None:
