@@ -23,9 +23,10 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 
 from pipeline import metrics
-from pipeline.commit import CommitBook
+from pipeline.commit import CommitBook, Mark
 from pipeline.kafka.checkpoints import load_checkpoints
 from pipeline.kafka.clients import worker_consumer
+from pipeline.kafka.committed import committed_offsets
 from pipeline.kafka.fetch import CorruptRecord, fetch
 from pipeline.kafka.probe import group_link, read_link
 from pipeline.kafka.topics import ensure_topics, topic_limits
@@ -204,11 +205,7 @@ class Worker:
             log.exception("p%d@%d could not be handled", partition, offset)
             self._router.read(partition, offset)
             self._dead_letter(owned, record, "unparseable", f"{type(exc).__name__}: {exc}", session_id)
-        floor = self._router.deferred_floor(partition)
-        if floor is None:
-            owned.book.release("deferred")
-        else:
-            owned.book.hold("deferred", floor)
+        owned.book.undecided(self._router.deferred_floor(partition))
         owned.book.consumed(offset)
 
     def _dead_letter(
@@ -219,11 +216,15 @@ class Worker:
         detail: str,
         session_id: str | None,
     ) -> None:
+        if owned.book.lettered(record.offset):  # replayed after a crash: its letter is committed already
+            self.counters.letters_replayed += 1
+            log.info("p%d@%d was dead-lettered by the previous owner (%s)", owned.tp.partition, record.offset, reason)
+            return
         self.counters.dead_letters += 1
         metrics.DEAD_LETTERS.labels(reason).inc()
         log.warning("dead letter p%d@%d %s: %s", owned.tp.partition, record.offset, reason, scrub(detail, [], 200))
         letter = dead_letter_record(self.settings, self._letter_bytes, owned.tp, record, reason, detail, session_id)
-        owned.book.add([letter])
+        owned.book.add_letter(letter, record.offset)
         owned.kick()
 
     def _corrupt(self, owned: OwnedPartition, corrupt: CorruptRecord) -> None:
@@ -231,10 +232,13 @@ class Worker:
         self.counters.corrupt_records += 1
         log.error("skipped undecodable record p%d@%d: %s", corrupt.tp.partition, corrupt.offset, corrupt.error)
         if not self._router.seen(corrupt.tp.partition, corrupt.offset):
-            self.counters.dead_letters += 1
-            metrics.DEAD_LETTERS.labels("unparseable").inc()
-            owned.book.add([corrupt_letter(self.settings, self._letter_bytes, corrupt)])
-            owned.kick()
+            if owned.book.lettered(corrupt.offset):  # replayed after a crash: its letter is committed already
+                self.counters.letters_replayed += 1
+            else:
+                self.counters.dead_letters += 1
+                metrics.DEAD_LETTERS.labels("unparseable").inc()
+                owned.book.add_letter(corrupt_letter(self.settings, self._letter_bytes, corrupt), corrupt.offset)
+                owned.kick()
             owned.book.consumed(corrupt.offset)
             self._router.read(corrupt.tp.partition, corrupt.offset)
 
@@ -329,10 +333,10 @@ class Worker:
         starts = await self._starts([TopicPartition(settings.audio_topic, p) for p in new])
         for partition in new:
             tp = TopicPartition(settings.audio_topic, partition)
-            position = starts[tp]
+            position, mark = starts[tp]
             consumer.seek(tp, position)  # whatever a fetch in flight did meanwhile, start here
             consumer.resume(tp)
-            book = CommitBook.resumed(partition, settings.sessions_topic, position, loaded[partition])
+            book = CommitBook.resumed(partition, settings.sessions_topic, position, loaded[partition], mark)
             owned = OwnedPartition(
                 tp, Partition(partition, limits, now), book, txns[partition], eager=settings.eager_sends
             )
@@ -342,14 +346,15 @@ class Worker:
         self._joined = True
         log.info("assigned %s, kept %s, gave up %s", new, sorted(kept), sorted(lost))
 
-    async def _starts(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        """Where newly assigned partitions start: the committed offset, else the beginning."""
+    async def _starts(self, tps: list[TopicPartition]) -> dict[TopicPartition, tuple[int, Mark | None]]:
+        """Where newly assigned partitions start: the committed offset, else the beginning; and the mark
+        committed with the offset (None: none)."""
         consumer = self._consumer
         assert consumer is not None
-        starts = {tp: await consumer.committed(tp) for tp in tps}
-        missing = [tp for tp, offset in starts.items() if offset is None]
+        starts = await committed_offsets(consumer, tps)
+        missing = [tp for tp, c in starts.items() if c.offset is None]
         beginnings = await consumer.beginning_offsets(missing) if missing else {}
-        return {tp: offset if offset is not None else int(beginnings[tp]) for tp, offset in starts.items()}
+        return {tp: (int(beginnings[tp]) if c.offset is None else c.offset, c.mark) for tp, c in starts.items()}
 
     async def on_revoked(self, revoked_tps: set[TopicPartition]) -> None:
         """Eager rebalancing revokes every partition, also those that come back. So: pause, give
