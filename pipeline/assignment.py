@@ -21,8 +21,9 @@ from collections.abc import Callable
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 
-from pipeline.commit import CommitBook
+from pipeline.commit import CommitBook, Mark
 from pipeline.kafka.checkpoints import load_checkpoints
+from pipeline.kafka.committed import committed_offsets
 from pipeline.kafka.transactions import PartitionTransactions
 from pipeline.owned import Outcome, OwnedPartition
 from pipeline.partition import Partition
@@ -85,10 +86,10 @@ class Assignment:
         starts = await self._starts([TopicPartition(settings.audio_topic, p) for p in new])
         for partition in new:
             tp = TopicPartition(settings.audio_topic, partition)
-            position = starts[tp]
+            position, mark = starts[tp]
             consumer.seek(tp, position)  # whatever a fetch in flight did meanwhile, start here
             consumer.resume(tp)
-            book = CommitBook.resumed(partition, settings.sessions_topic, position, loaded[partition])
+            book = CommitBook.resumed(partition, settings.sessions_topic, position, loaded[partition], mark)
             owned = OwnedPartition(
                 tp, Partition(partition, limits, now), book, txns[partition], eager=settings.eager_sends
             )
@@ -98,14 +99,15 @@ class Assignment:
         self.joined = True
         log.info("assigned %s, kept %s, gave up %s", new, sorted(kept), sorted(lost))
 
-    async def _starts(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        """Where newly assigned partitions start: the committed offset, else the beginning."""
+    async def _starts(self, tps: list[TopicPartition]) -> dict[TopicPartition, tuple[int, Mark | None]]:
+        """Where newly assigned partitions start: the committed offset, else the beginning; and the mark
+        committed with the offset (None: none)."""
         consumer = self.consumer
         assert consumer is not None
-        starts = {tp: await consumer.committed(tp) for tp in tps}
-        missing = [tp for tp, offset in starts.items() if offset is None]
+        starts = await committed_offsets(consumer, tps)
+        missing = [tp for tp, c in starts.items() if c.offset is None]
         beginnings = await consumer.beginning_offsets(missing) if missing else {}
-        return {tp: offset if offset is not None else int(beginnings[tp]) for tp, offset in starts.items()}
+        return {tp: (int(beginnings[tp]) if c.offset is None else c.offset, c.mark) for tp, c in starts.items()}
 
     async def on_revoked(self, revoked_tps: set[TopicPartition]) -> None:
         """Eager rebalancing revokes every partition, also those that come back. So: pause, give

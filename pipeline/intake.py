@@ -85,11 +85,7 @@ class Intake:
             log.exception("p%d@%d could not be handled", partition, offset)
             self._router.read(partition, offset)
             self._dead_letter(owned, record, "unparseable", f"{type(exc).__name__}: {exc}", session_id)
-        floor = self._router.deferred_floor(partition)
-        if floor is None:
-            owned.book.release("deferred")
-        else:
-            owned.book.hold("deferred", floor)
+        owned.book.undecided(self._router.deferred_floor(partition))
         owned.book.consumed(offset)
 
     def _dead_letter(
@@ -100,11 +96,15 @@ class Intake:
         detail: str,
         session_id: str | None,
     ) -> None:
+        if owned.book.lettered(record.offset):  # replayed after a crash: its letter is committed already
+            self.counters.letters_replayed += 1
+            log.info("p%d@%d was dead-lettered by the previous owner (%s)", owned.tp.partition, record.offset, reason)
+            return
         self.counters.dead_letters += 1
         metrics.DEAD_LETTERS.labels(reason).inc()
         log.warning("dead letter p%d@%d %s: %s", owned.tp.partition, record.offset, reason, scrub(detail, [], 200))
         letter = dead_letter_record(self.settings, self._letter_bytes(), owned.tp, record, reason, detail, session_id)
-        owned.book.add([letter])
+        owned.book.add_letter(letter, record.offset)
         owned.kick()
 
     def corrupt(self, owned: OwnedPartition, corrupt: CorruptRecord) -> None:
@@ -112,9 +112,12 @@ class Intake:
         self.counters.corrupt_records += 1
         log.error("skipped undecodable record p%d@%d: %s", corrupt.tp.partition, corrupt.offset, corrupt.error)
         if not self._router.seen(corrupt.tp.partition, corrupt.offset):
-            self.counters.dead_letters += 1
-            metrics.DEAD_LETTERS.labels("unparseable").inc()
-            owned.book.add([corrupt_letter(self.settings, self._letter_bytes(), corrupt)])
-            owned.kick()
+            if owned.book.lettered(corrupt.offset):  # replayed after a crash: its letter is committed already
+                self.counters.letters_replayed += 1
+            else:
+                self.counters.dead_letters += 1
+                metrics.DEAD_LETTERS.labels("unparseable").inc()
+                owned.book.add_letter(corrupt_letter(self.settings, self._letter_bytes(), corrupt), corrupt.offset)
+                owned.kick()
             owned.book.consumed(corrupt.offset)
             self._router.read(corrupt.tp.partition, corrupt.offset)

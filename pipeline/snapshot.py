@@ -16,6 +16,7 @@ class Counters:
 
     records: int = 0
     dead_letters: int = 0
+    letters_replayed: int = 0  # records re-read after a crash whose dead letters a previous owner committed
     corrupt_records: int = 0
     duplicates: int = 0
     gaps: int = 0

@@ -4,8 +4,10 @@ aiokafka implements Kafka's per-partition exactly-once scheme ("EOS v1"): the tr
 derived from the input partition, so whichever worker owns the partition next fences the previous
 owner's producer. :meth:`PartitionTransactions.commit` runs one transaction: the plan's records, its
 checkpoints and tombstones for `stt.sessions` (written to the input partition's number, so each
-`stt.sessions` partition has exactly one writer), and ``send_offsets_to_transaction`` of its offset.
-A reader with ``read_committed`` sees outputs exactly when the input they came from counts as consumed.
+`stt.sessions` partition has exactly one writer), and ``send_offsets_to_transaction`` of its offset,
+with the plan's :class:`~pipeline.commit.Mark` as the commit's metadata (read back at assignment by
+:mod:`pipeline.kafka.committed`). A reader with ``read_committed`` sees outputs
+exactly when the input they came from counts as consumed.
 
 Eager sends (as Kafka Streams does): :meth:`PartitionTransactions.send` begins the transaction on the
 first record and sends records into it as soon as they exist, so ``read_uncommitted`` live views see
@@ -41,6 +43,7 @@ from aiokafka.errors import (
     RecordListTooLargeError,
     RecordTooLargeError,
 )
+from aiokafka.structs import OffsetAndMetadata
 
 from pipeline import metrics
 from pipeline.commit import CommitPlan, OutRecord
@@ -204,7 +207,8 @@ class PartitionTransactions:
             ]
             await self._send_all(producer, checkpoints)
             if plan.advance:
-                await producer.send_offsets_to_transaction({self.input_tp: plan.offset}, self.settings.group_id)
+                committed = OffsetAndMetadata(plan.offset, plan.mark.metadata())
+                await producer.send_offsets_to_transaction({self.input_tp: committed}, self.settings.group_id)
             futures = self._futures
             results = await asyncio.gather(*futures.values(), return_exceptions=True)
             refused = self._refused

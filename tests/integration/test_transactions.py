@@ -12,9 +12,11 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import OffsetAndMetadata
 
-from pipeline.commit import CommitBook, OutRecord
+from pipeline.commit import CommitBook, Mark, OutRecord
 from pipeline.contract import Checkpoint
+from pipeline.kafka.committed import Committed, committed_offsets
 from pipeline.kafka.transactions import Fenced, PartitionTransactions, RecordsRefused, TransactionFailed
 from pipeline.owned import Outcome, OwnedPartition
 from pipeline.partition import Partition
@@ -230,3 +232,37 @@ async def test_an_aborted_transaction_sends_its_eager_records_again_and_commits_
         assert await committed_values(kafka_bootstrap, topic, 2) == [{"n": 1}, {"n": 2}]
     finally:
         await txn.stop()
+
+
+async def test_the_offset_commit_carries_the_mark_and_the_next_owner_reads_it_back(kafka_bootstrap: str) -> None:
+    """A dead letter commits the offset with the mark as its metadata, also when the offset stays (an
+    open session holds it); the next owner's read of the committed offset returns the mark."""
+    tag = uuid.uuid4().hex[:8]
+    topic, inp, sessions, group = f"out-{tag}", f"in-{tag}", f"ses-{tag}", f"g-{tag}"
+    await topics(kafka_bootstrap, topic, inp, sessions)
+    tp = TopicPartition(inp, 0)
+    txn = PartitionTransactions(settings_for(kafka_bootstrap, group), tp, sessions)
+    book = book_for(inp, sessions)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    reader = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group)
+    await admin.start()
+    await reader.start()
+    await txn.start()
+    try:
+        book.hold("session", 0)
+        for offset in range(3):
+            book.consumed(offset)
+        book.add_letter(out(topic, "letter"), 2)
+        plan = book.plan()
+        assert (plan.offset, plan.advance, plan.mark) == (0, True, Mark(3))
+        await txn.commit(plan)
+        book.committed(plan)
+        expected = {tp: OffsetAndMetadata(0, '{"v":1,"handled":3}')}
+        async with asyncio.timeout(10):  # the commit's marker reaches the offsets a moment after the commit
+            while await admin.list_consumer_group_offsets(group, partitions=[tp]) != expected:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        assert await committed_offsets(reader, [tp]) == {tp: Committed(0, Mark(3))}
+    finally:
+        await txn.stop()
+        await reader.stop()
+        await admin.close()

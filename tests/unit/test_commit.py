@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from pipeline.commit import CommitBook, CommitPlan, OutRecord
+from pipeline.commit import MARK_LETTERED_MAX, CommitBook, CommitPlan, Mark, OutRecord
 from pipeline.contract import Checkpoint, CheckpointStatus
 from pipeline.offsets import PartitionWatermark
 from tests.support.checkpoints import checkpoint
@@ -53,7 +53,7 @@ def test_a_plan_carries_records_changed_checkpoints_and_the_watermark() -> None:
 def test_an_empty_plan() -> None:
     b = book(5)
     plan = b.plan()
-    assert plan == CommitPlan((), (), 5, False)
+    assert plan == CommitPlan((), (), 5, False, mark=Mark(5))
     assert plan.empty
     b.committed(plan)
 
@@ -534,3 +534,239 @@ class CommitMachine(RuleBasedStateMachine):
 
 TestCommitMachine = CommitMachine.TestCase
 TestCommitMachine.settings = settings(max_examples=250, stateful_step_count=50, deadline=None)
+
+
+# -- dead letters across a crash: the mark ---------------------------------------------------------
+
+
+def letter(offset: int) -> OutRecord:
+    return OutRecord(DEAD, None, str(offset).encode())
+
+
+def test_a_dead_letter_commits_the_mark_even_when_the_offset_stays() -> None:
+    b = book()
+    b.consumed(0)
+    b.add([], cp("a", resume_offset=0))  # an open session holds the offset at 0
+    b.committed(b.plan())
+    b.consumed(1)
+    b.add_letter(letter(1), 1)
+    plan = b.plan()
+    assert (plan.offset, plan.advance, plan.mark) == (0, True, Mark(2))
+    b.committed(plan)
+    b.consumed(2)
+    assert not b.plan().advance  # nothing new was dead-lettered: the committed mark still holds
+
+
+def test_the_next_owner_does_not_dead_letter_what_the_mark_covers() -> None:
+    b = CommitBook.resumed(0, SESSIONS, 3, {}, Mark(7, frozenset({9})))
+    assert [o for o in range(12) if b.lettered(o)] == [0, 1, 2, 3, 4, 5, 6, 9]
+    assert CommitBook.resumed(0, SESSIONS, 3, {}).lettered(2)  # below the offset: never read again
+    assert not CommitBook.resumed(0, SESSIONS, 3, {}).lettered(3)
+
+
+def test_the_mark_never_falls_below_the_inherited_one() -> None:
+    b = CommitBook.resumed(0, SESSIONS, 3, {}, Mark(7, frozenset({9, 5})))
+    b.consumed(3)
+    b.add_letter(letter(11), 11)
+    assert b.plan().mark == Mark(7, frozenset({9, 11}))  # 5 is below 7: covered by ``handled``
+
+
+def test_records_not_decided_yet_keep_the_mark_below_them_and_later_letters_are_listed() -> None:
+    b = book()
+    b.consumed(0)
+    b.undecided(1)  # deferred for a session slot: read again later
+    b.consumed(1)
+    b.consumed(2)
+    b.add_letter(letter(3), 3)
+    b.consumed(3)
+    plan = b.plan()
+    assert (plan.offset, plan.mark) == (1, Mark(1, frozenset({3})))
+    b.committed(plan)
+    b.add_letter(letter(1), 1)  # decided now, on the re-read
+    b.undecided(None)
+    plan = b.plan()
+    assert (plan.offset, plan.mark) == (4, Mark(4))
+
+
+def test_a_failed_plan_leaves_its_dead_letters_needing_the_mark() -> None:
+    b = book()
+    b.add([], cp("a", resume_offset=0))
+    b.committed(b.plan())
+    b.add_letter(letter(0), 0)
+    b.consumed(0)
+    b.failed(b.plan())
+    plan = b.plan()
+    assert plan.advance and plan.mark == Mark(1) and plan.records == (letter(0),)
+
+
+def test_a_mark_lists_a_bounded_number_of_letters() -> None:
+    b = book()
+    b.undecided(0)
+    for offset in range(1, 200):
+        b.add_letter(letter(offset), offset)
+        b.consumed(offset)
+    mark = b.plan().mark
+    assert mark.handled == 0 and len(mark.lettered) == MARK_LETTERED_MAX
+    assert len(mark.metadata()) < 4096  # Kafka's default offset.metadata.max.bytes
+
+
+def test_mark_metadata_is_small_versioned_json() -> None:
+    assert Mark(12).metadata() == '{"v":1,"handled":12}'
+    assert Mark(12, frozenset({20, 14})).metadata() == '{"v":1,"handled":12,"lettered":[14,20]}'
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        "",
+        None,
+        "not json",
+        "[]",
+        '{"handled":3}',
+        '{"v":2,"handled":3}',
+        '{"v":1}',
+        '{"v":1,"handled":-1}',
+        '{"v":1,"handled":"3"}',
+        '{"v":1,"handled":true}',
+        '{"v":1,"handled":3,"lettered":[4,"5"]}',
+        '{"v":1,"handled":3,"lettered":5}',
+    ],
+)
+def test_metadata_this_version_does_not_know_reads_as_no_mark(metadata: str | None) -> None:
+    assert Mark.read(metadata) is None
+
+
+@given(st.integers(0, 2**63 - 1), st.frozensets(st.integers(0, 2**63 - 1), max_size=MARK_LETTERED_MAX))
+def test_a_mark_reads_back_as_written(handled: int, lettered: frozenset[int]) -> None:
+    assert Mark.read(Mark(handled, lettered).metadata()) == Mark(handled, lettered)
+
+
+@given(st.text(max_size=200))
+def test_any_metadata_reads_without_raising(metadata: str) -> None:
+    mark = Mark.read(metadata)
+    assert mark is None or mark.handled >= 0
+
+
+class LetterMachine(RuleBasedStateMachine):
+    """The input log is fixed once written: after a crash the next owner reads the same records again
+    from the committed offset. Open sessions hold the offset back, some records wait (deferred) and
+    are decided later, plans commit, abort, or the worker crashes with one in flight. Every bad record
+    ends with exactly one committed dead letter; none is ever committed twice."""
+
+    KINDS = ("plain", "bad", "open", "defer", "defer_bad")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: list[str] = []  # the kind of the record at each input offset
+        self.offset = 0  # committed
+        self.metadata = ""  # committed with it
+        self.letters: dict[int, int] = {}  # input offset → dead letters committed for it
+        self._resume()
+
+    def _resume(self) -> None:
+        self.book = CommitBook.resumed(0, SESSIONS, self.offset, {}, Mark.read(self.metadata))
+        self.pos = self.offset
+        self.open: set[int] = set()
+        self.deferred: set[int] = set()
+        self.inflight: CommitPlan | None = None
+
+    def _decide(self, offset: int) -> None:
+        if self.log[offset] in ("bad", "defer_bad") and not self.book.lettered(offset):
+            self.book.add_letter(letter(offset), offset)
+
+    def _read(self, kind: str) -> None:
+        offset = self.pos
+        if offset == len(self.log):
+            self.log.append(kind)
+        kind = self.log[offset]
+        self.pos += 1
+        if kind == "open":
+            self.book.hold(("session", offset), offset)
+            self.open.add(offset)
+        elif kind.startswith("defer"):
+            self.deferred.add(offset)
+        else:
+            self._decide(offset)
+        self.book.undecided(min(self.deferred, default=None))
+        self.book.consumed(offset)
+
+    @rule(kind=st.sampled_from(KINDS))
+    def read(self, kind: str) -> None:
+        """The next record: replayed if the log has it already, else a new one of ``kind``."""
+        self._read(kind)
+
+    @precondition(lambda self: self.deferred)
+    @rule(pick=st.integers(0, 50))
+    def decide_deferred(self, pick: int) -> None:
+        offset = sorted(self.deferred)[pick % len(self.deferred)]
+        self.deferred.discard(offset)
+        self._decide(offset)
+        self.book.undecided(min(self.deferred, default=None))
+
+    @precondition(lambda self: self.open)
+    @rule(pick=st.integers(0, 50))
+    def end_session(self, pick: int) -> None:
+        offset = sorted(self.open)[pick % len(self.open)]
+        self.open.discard(offset)
+        self.book.release(("session", offset))
+
+    @precondition(lambda self: self.inflight is None)
+    @rule()
+    def plan(self) -> None:
+        plan = self.book.plan()
+        self.inflight = plan
+        assert plan.offset <= plan.mark.handled <= len(self.log)
+        in_plan = {int(r.value or b"") for r in plan.records}
+        for offset, kind in enumerate(self.log):
+            if plan.mark.covers(offset) and kind in ("bad", "defer_bad"):
+                assert offset in in_plan or self.letters.get(offset), f"the mark covers {offset}, not lettered"
+
+    def _apply(self, plan: CommitPlan) -> None:
+        for record in plan.records:
+            offset = int(record.value or b"")
+            self.letters[offset] = self.letters.get(offset, 0) + 1
+            assert self.letters[offset] == 1, f"the record at {offset} was dead-lettered twice"
+        if plan.advance:
+            self.offset, self.metadata = plan.offset, plan.mark.metadata()
+        elif plan.records:
+            raise AssertionError("dead letters committed without the mark")
+
+    @precondition(lambda self: self.inflight is not None)
+    @rule()
+    def commit(self) -> None:
+        assert self.inflight is not None
+        plan, self.inflight = self.inflight, None
+        self._apply(plan)
+        self.book.committed(plan)
+
+    @precondition(lambda self: self.inflight is not None)
+    @rule()
+    def abort(self) -> None:
+        assert self.inflight is not None
+        plan, self.inflight = self.inflight, None
+        self.book.failed(plan)
+
+    @rule(committed=st.booleans())
+    def crash(self, committed: bool) -> None:
+        """kill -9: the plan in flight committed or not; the next owner resumes from what Kafka holds."""
+        if self.inflight is not None and committed:
+            self._apply(self.inflight)
+        self._resume()
+
+    def teardown(self) -> None:
+        """Read the whole log to its end, decide everything: every bad record has exactly one letter."""
+        if self.inflight is not None:
+            self.commit()
+        while self.pos < len(self.log):
+            self._read("plain")
+        while self.deferred:
+            self.decide_deferred(0)
+        for _ in range(2):
+            self.plan()
+            self.commit()
+        bad = {o for o, kind in enumerate(self.log) if kind in ("bad", "defer_bad")}
+        assert self.letters == dict.fromkeys(bad, 1)
+
+
+TestLetterMachine = LetterMachine.TestCase
+TestLetterMachine.settings = settings(max_examples=300, stateful_step_count=60, deadline=None)
