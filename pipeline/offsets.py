@@ -2,7 +2,8 @@
 
 A partition's consumer position advances as records are read; *holds* keep the watermark back for
 records whose work is not finished: an open session holds the offset it would have to be replayed
-from, a dead-lettered record holds its own offset until the dead-letter write is acknowledged. The
+from, a record deferred for a session slot holds its own offset until it is decided (a dead letter
+needs no hold: it commits in the same transaction as the offset that passes its record). The
 committable offset is the lowest hold, or the position when nothing is held. Committing it never
 loses work: everything below it has been published.
 """
