@@ -242,8 +242,8 @@ def normalise(kind: str, report: dict[str, Any]) -> dict[str, Any]:
         }
     h = {k: Histogram.from_dict(v) for k, v in report["histograms"].items()}
     return {
-        "drift_ms": from_histogram(h["drift_ms"], 1.0, first_lower=-300.0),
-        "late_100ms": h["drift_ms"].share_above(100),
+        "drift_ms": from_histogram(h["drift_s"], 1000.0, first_lower=-0.3),
+        "late_100ms": h["drift_s"].share_above(0.1),
         "ack_ms": from_histogram(h["event_to_ack_s"], 1000.0, first_lower=0.0),
         "commit_ms": from_histogram(h["event_to_commit_s"], 1000.0, first_lower=0.0),
         "memory": report["memory"],

@@ -20,7 +20,7 @@ from pipeline.settings import Settings
 from pipeline.worker import Worker
 
 HISTOGRAMS = {
-    "drift_ms": "stt_pacing_drift_ms",
+    "drift_s": "stt_pacing_drift_seconds",
     "event_to_ack_s": "stt_event_to_ack_seconds",
     "event_to_commit_s": "stt_event_to_commit_seconds",
     "close_to_final_s": "stt_close_to_final_seconds",
