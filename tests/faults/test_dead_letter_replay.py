@@ -10,25 +10,21 @@ dead-letter a record below that again.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.emulator.engines.tones import synthesize
 from pipeline.kafka.topics import ensure_topics
-from pipeline.settings import Settings
 from tests.support.config import worker_config
 from tests.support.emulator import EmulatorThread, running_emulator
 from tests.support.harness import produce
 from tests.support.poison import produce_bad_header_name
-from tests.support.scripts import Record, audio_record, control_record
+from tests.support.scripts import Record, audio_record, committed_offset, control_record, read_settled
 from tests.support.workers import WorkerProcess
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults]
@@ -41,36 +37,6 @@ TEXT = "Alpha bravo charlie delta."
 def emulator() -> Iterator[EmulatorThread]:
     with running_emulator() as emu:
         yield emu
-
-
-async def _read(bootstrap: str, topic: str, done: Any, limit_s: float, then_s: float = 2.0) -> list[dict[str, Any]]:
-    """Read from the beginning (read_committed) until ``done(records)`` or ``limit_s``, then ``then_s`` more."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", isolation_level="read_committed"
-    )
-    await consumer.start()
-    out: list[dict[str, Any]] = []
-    loop = asyncio.get_running_loop()
-    try:
-        until = loop.time() + limit_s
-        while loop.time() < until:
-            batch = await consumer.getmany(timeout_ms=200)
-            for records in batch.values():
-                out.extend(orjson.loads(r.value) for r in records if r.value is not None)
-            if done(out):
-                until = min(until, loop.time() + then_s)
-    finally:
-        await consumer.stop()
-    return out
-
-
-async def _committed(bootstrap: str, config: Settings) -> int | None:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=config.group_id)
-    await consumer.start()
-    try:
-        return await consumer.committed(TopicPartition(config.audio_topic, 0))
-    finally:
-        await consumer.stop()
 
 
 def _session(session_id: str) -> list[Record]:
@@ -108,9 +74,9 @@ async def test_a_dead_letter_is_not_repeated_when_a_kill_9_replays_its_record(
 
     first = WorkerProcess(config, tmp_path / "worker-1.log", "w1").start()
     try:
-        letters = await _read(kafka_bootstrap, config.dead_letter_topic, both, 60, then_s=0)
+        letters = await read_settled(kafka_bootstrap, config.dead_letter_topic, both, 60, then_s=0)
         assert both(letters), first.log_tail()
-        committed = await _committed(kafka_bootstrap, config)
+        committed = await committed_offset(kafka_bootstrap, config)
         assert (committed or 0) < rejected_at, "the held session must hold the offset back"
         first.kill()  # the letters are committed, the offset is not past them
     finally:
@@ -118,13 +84,13 @@ async def test_a_dead_letter_is_not_repeated_when_a_kill_9_replays_its_record(
     second = WorkerProcess(config, tmp_path / "worker-2.log", "w1").start()  # the same pod, restarted
     try:
         await produce(kafka_bootstrap, config.audio_topic, session[3:], partition=0)
-        transcripts = await _read(
+        transcripts = await read_settled(
             kafka_bootstrap,
             config.transcripts_topic,
             lambda rs: any(r["kind"] == "session" and r["session_id"] == held for r in rs),
             90,
         )
-        letters = await _read(kafka_bootstrap, config.dead_letter_topic, both, 10, then_s=1)
+        letters = await read_settled(kafka_bootstrap, config.dead_letter_topic, both, 10, then_s=1)
         counters = second.status()["counters"]
     finally:
         second.terminate()

@@ -13,7 +13,6 @@ import asyncio
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -23,6 +22,7 @@ from pipeline.emulator.engines.tones import synthesize
 from pipeline.kafka.topics import ensure_topics
 from tests.support.config import worker_config
 from tests.support.fake_provider import FakeProvider, never_answer, running_fake_provider
+from tests.support.scripts import read_settled
 from tests.support.workers import WorkerProcess
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults]
@@ -52,27 +52,6 @@ async def _first_truncated_checkpoint(bootstrap: str, topic: str, session_id: st
         await consumer.stop()
 
 
-async def _read(bootstrap: str, topic: str, done: Any, limit_s: float, then_s: float = 2.0) -> list[dict[str, Any]]:
-    """Read from the beginning (read_committed) until ``done(records)`` or ``limit_s``, then ``then_s`` more."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", isolation_level="read_committed"
-    )
-    await consumer.start()
-    out: list[dict[str, Any]] = []
-    loop = asyncio.get_running_loop()
-    try:
-        until = loop.time() + limit_s
-        while loop.time() < until:
-            batch = await consumer.getmany(timeout_ms=200)
-            for records in batch.values():
-                out.extend(orjson.loads(r.value) for r in records if r.value is not None)
-            if done(out):
-                until = min(until, loop.time() + then_s)
-    finally:
-        await consumer.stop()
-    return out
-
-
 async def test_kill_after_a_committed_guard_truncation_keeps_the_final(
     kafka_bootstrap: str, hanging_stt: FakeProvider, tmp_path: Path
 ) -> None:
@@ -100,10 +79,10 @@ async def test_kill_after_a_committed_guard_truncation_keeps_the_final(
         first.kill()
     second = WorkerProcess(config, tmp_path / "worker-2.log", "w1").start()  # the same pod, restarted
     try:
-        transcripts = await _read(
+        transcripts = await read_settled(
             kafka_bootstrap, config.transcripts_topic, lambda rs: any(r["kind"] == "session" for r in rs), 30
         )
-        turns = await _read(kafka_bootstrap, config.turns_topic, lambda rs: len(rs) >= 3, 5, then_s=0.5)
+        turns = await read_settled(kafka_bootstrap, config.turns_topic, lambda rs: len(rs) >= 3, 5, then_s=0.5)
     finally:
         second.terminate()
     finals = [t for t in transcripts if t["session_id"] == session_id and t["kind"] == "session"]

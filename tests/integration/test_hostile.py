@@ -29,7 +29,16 @@ from tests.support.emulator import EmulatorThread, running_emulator
 from tests.support.fake_provider import error_event, huge_message, polite, reject_upgrade, running_fake_provider
 from tests.support.harness import WorkerHarness, produce
 from tests.support.poison import produce_bad_header_name
-from tests.support.scripts import Plan, Record, audio_record, check_turn_stream, control_record, read_topic, stream
+from tests.support.scripts import (
+    Plan,
+    Record,
+    audio_record,
+    check_turn_stream,
+    committed_offset,
+    control_record,
+    read_topic,
+    stream,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -69,15 +78,6 @@ def ended(n: int) -> Any:
 
 def finals(transcripts: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
     return {t["session_id"]: (t["status"], t["transcript"]) for t in transcripts if t["kind"] == "session"}
-
-
-async def committed_offset(bootstrap: str, config: Settings) -> int | None:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=config.group_id)
-    await consumer.start()
-    try:
-        return await consumer.committed(TopicPartition(config.audio_topic, 0))
-    finally:
-        await consumer.stop()
 
 
 async def end_offset(bootstrap: str, topic: str) -> int:

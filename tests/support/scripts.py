@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from pipeline.audio import Encoding, bytes_per_sample
 from pipeline.emulator.engines.tones import synthesize
@@ -250,6 +250,40 @@ async def read_topic(
     finally:
         await consumer.stop()
     return records
+
+
+async def read_settled(
+    bootstrap: str, topic: str, done: Callable[[list[dict[str, Any]]], bool], limit_s: float, then_s: float = 2.0
+) -> list[dict[str, Any]]:
+    """Read ``topic`` from the beginning (read_committed) until ``done(records)`` or ``limit_s``, then
+    ``then_s`` more, so a duplicate arriving after ``done`` holds is seen too. Keys are not checked."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", isolation_level="read_committed"
+    )
+    await consumer.start()
+    out: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    try:
+        until = loop.time() + limit_s
+        while loop.time() < until:
+            batch = await consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                out.extend(orjson.loads(r.value) for r in records if r.value is not None)
+            if done(out):
+                until = min(until, loop.time() + then_s)
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def committed_offset(bootstrap: str, config: Settings, partition: int = 0) -> int | None:
+    """The worker group's committed offset of one input partition."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=config.group_id)
+    await consumer.start()
+    try:
+        return await consumer.committed(TopicPartition(config.audio_topic, partition))
+    finally:
+        await consumer.stop()
 
 
 def check_turn_stream(events: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

@@ -26,6 +26,18 @@ def make(fmt: AudioFormat = S16, **config: float) -> Session:
     return Session("s1", fmt, first_offset=0, config=SessionConfig(**config), wall_ms=lambda: next(clock))
 
 
+def resumed_from(checkpoint: Checkpoint) -> Session:
+    """The session as the next owner rebuilds it from its checkpoint."""
+    return Session(
+        "s1",
+        S16,
+        first_offset=checkpoint.resume_offset,
+        config=SessionConfig(),
+        wall_ms=lambda: 1,
+        resume=Resume.from_checkpoint(checkpoint),
+    )
+
+
 def audio(seq: int, data: bytes, fmt: AudioFormat = S16) -> InputMessage:
     return InputMessage("s1", "audio", seq, data, fmt)
 
@@ -365,14 +377,7 @@ def test_checkpoint_and_resume_continue_numbering_without_a_second_start() -> No
     validate("checkpoint", checkpoint.to_dict())
     assert checkpoint.status == "open" and checkpoint.transcript == "First."
     assert dataclasses.replace(session.checkpoint(), at=0) == dataclasses.replace(checkpoint, at=0)  # a pure read
-    resumed = Session(
-        "s1",
-        S16,
-        first_offset=checkpoint.resume_offset,
-        config=SessionConfig(),
-        wall_ms=lambda: 1,
-        resume=Resume.from_checkpoint(checkpoint),
-    )
+    resumed = resumed_from(checkpoint)
     assert checkpoint.format == S16
     assert resumed.take().outputs == []  # no second session.start
     assert not resumed.accept(audio(checkpoint.next_input_seq - 1, b"\0\0"), 0.0)  # below: duplicate
@@ -410,14 +415,7 @@ def test_a_crash_resume_keeps_what_the_session_learned_about_separators(before: 
     stored = session.take().checkpoint.to_json()  # what stt.sessions holds for the next owner
     validate("checkpoint", orjson.loads(stored))
     checkpoint = Checkpoint.from_json(stored)
-    resumed = Session(
-        "s1",
-        S16,
-        first_offset=checkpoint.resume_offset,
-        config=SessionConfig(),
-        wall_ms=lambda: 1,
-        resume=Resume.from_checkpoint(checkpoint),
-    )
+    resumed = resumed_from(checkpoint)
     resumed.accept(control(checkpoint.next_input_seq, "end"), 0.0, offset=checkpoint.resume_offset)
     resumed.poll(0.0, input_live=True)
     feed_turn(resumed, "Two.", first=True)  # a fresh connection's first text has no leading space
