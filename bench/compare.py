@@ -122,6 +122,7 @@ def peer_spec(
             "uvloop": not args.no_uvloop,
             "eager_sends": not args.no_eager,
             "log_level": "WARNING",
+            **dict(item.split("=", 1) for item in args.set),
         }
     }
 
@@ -135,7 +136,7 @@ async def run_peer(
     spec = peer_spec(kind, args, bootstrap, base_url, tag, level)
     audio_topic, transcripts = f"bench-audio-{tag}", f"bench-transcripts-{tag}"
     await create_topics(bootstrap, [audio_topic, transcripts, f"bench-turns-{tag}"], args.partitions)
-    module = "bench.worker_peer" if kind == "worker" else "bench.naive_bridge"
+    module = {"worker": "bench.worker_peer", "naive": "bench.naive_bridge", "floor": "bench.floor_peer"}[kind]
     peer = procs.Child(module, spec, workdir, f"{tag}-peer")
     loads = [
         procs.Child(
@@ -230,7 +231,9 @@ async def profile(args: argparse.Namespace, pid: int | None, tag: str) -> asynci
 
 
 def normalise(kind: str, report: dict[str, Any]) -> dict[str, Any]:
-    """The two peers' reports in the same terms (ms quantiles)."""
+    """The peers' reports in the same terms (ms quantiles)."""
+    if kind == "floor":
+        return {"memory": report["memory"], "records": report["records"], "ended": report["ended"]}
     if kind == "naive":
         return {
             "drift_ms": report["drift_ms"],
@@ -246,6 +249,7 @@ def normalise(kind: str, report: dict[str, Any]) -> dict[str, Any]:
         "late_100ms": h["drift_s"].share_above(0.1),
         "ack_ms": from_histogram(h["event_to_ack_s"], 1000.0, first_lower=0.0),
         "commit_ms": from_histogram(h["event_to_commit_s"], 1000.0, first_lower=0.0),
+        "transaction_ms": from_histogram(h["transaction_s"], 1000.0, first_lower=0.0),
         "memory": report["memory"],
         "counters": report["counters"],
         "silence_fill_s": report["silence_fill_s"],
@@ -273,7 +277,8 @@ async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
                 sessions = make_sessions(level, args.seconds, args.seed, "s")
                 env["audio_s"] = audio_seconds(sessions, args.encoding, args.sample_rate)
                 pair = []
-                for kind in ("worker", "naive") if not args.worker_only else ("worker",):
+                kinds = ["worker"] if args.worker_only else ["worker", "naive"] + ([] if args.no_floor else ["floor"])
+                for kind in kinds:
                     print(f"level {level}: {kind} ...", file=sys.stderr)
                     pair.append(await run_peer(kind, args, level, sessions, env))
                 results.append({"level": level, "peers": pair})
@@ -299,8 +304,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--loaders", type=int, default=2, help="load generator processes (default 2)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--worker-only", action="store_true", help="skip the naive bridge")
+    parser.add_argument(
+        "--no-floor", action="store_true", help="skip the intake floor peer (consume only, bench/floor_peer.py)"
+    )
     parser.add_argument("--no-uvloop", action="store_true", help="worker on the standard asyncio loop")
     parser.add_argument("--no-eager", action="store_true", help="worker sends outputs at commit time only")
+    parser.add_argument(
+        "--set",
+        metavar="NAME=VALUE",
+        action="append",
+        default=[],
+        help="a worker setting for this run, by its Settings field name (repeatable), e.g. frame_ms=200",
+    )
     parser.add_argument("--profile", metavar="DIR", help="py-spy each peer during its level (needs py-spy)")
     parser.add_argument("--json", metavar="FILE", help="also write the raw figures as JSON")
     return parser.parse_args(argv)

@@ -1,4 +1,5 @@
-"""The side-by-side table of a run: per level, worker | naive | worker/naive; memory slope; saturation."""
+"""The side-by-side table of a run: per level, worker | naive | worker/naive, the intake floor; memory slope;
+saturation."""
 
 from __future__ import annotations
 
@@ -66,6 +67,7 @@ def level_rows(w: dict[str, Any], n: dict[str, Any] | None) -> list[tuple[str, s
         ("frames > 100 ms late", *text(lambda r: fmt(r["report"]["late_100ms"] * 100, 2, "%"))),
         ("event → acked p50 / p99 (ms): read_uncommitted", *text(lambda r: pair(r["report"]["ack_ms"], 1))),
         ("event → committed p50 / p99 (ms): read_committed", *text(lambda r: pair(r["report"]["commit_ms"], 1))),
+        ("partition commit p50 / p99 (ms)", *text(lambda r: pair(r["report"].get("transaction_ms", {}), 1))),
         ("end → final visible p50 / p99 (ms)", *text(lambda r: pair(exact(r["end_to_final_ms"])))),
         ("finals exact", *text(lambda r: f"{r['exact']}/{r['sessions']}")),
         ("silence fill sent (s)", *text(lambda r: fmt(r["report"].get("silence_fill_s"), 1))),
@@ -83,14 +85,31 @@ def level_rows(w: dict[str, Any], n: dict[str, Any] | None) -> list[tuple[str, s
     ]
 
 
-def memory_slope(results: list[dict[str, Any]], index: int) -> str:
+def peer_of(result: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    return next((p for p in result["peers"] if p["peer"] == kind), None)
+
+
+def floor_line(f: dict[str, Any], w: dict[str, Any], n: dict[str, Any] | None) -> str:
+    """The intake floor (consume only) against the naive bridge and the worker."""
+    floor, worker = cpu_ms_per_audio_s(f), cpu_ms_per_audio_s(w)
+    naive = cpu_ms_per_audio_s(n) if n else None
+    parts = [f"intake floor (consume only): {fmt(floor, 2)} CPU-ms per audio-s"]
+    if floor is not None and naive:
+        parts.append(f"{floor / naive:.2f}x naive")
+    if floor is not None and worker:
+        parts.append(f"{floor / worker:.2f}x worker")
+    return "; ".join(parts)
+
+
+def memory_slope(results: list[dict[str, Any]], kind: str) -> str:
     """KiB of RSS per open session beyond its buffered audio, between the smallest and the largest level
     (each taken when the most sessions were open)."""
     points = [
         (m["peak_sessions"], m["rss_at_peak_sessions_kib"] - m["buffered_at_peak_sessions_kib"])
         for r in results
-        if len(r["peers"]) > index
-        for m in [r["peers"][index]["report"]["memory"]]
+        for p in [peer_of(r, kind)]
+        if p is not None
+        for m in [p["report"]["memory"]]
     ]
     if len(points) < 2 or points[-1][0] == points[0][0]:
         return "-"
@@ -106,7 +125,7 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, cpus: int) -
     ]
     for result in results:
         w = result["peers"][0]
-        n = result["peers"][1] if len(result["peers"]) > 1 else None
+        n, f = peer_of(result, "naive"), peer_of(result, "floor")
         rows = [("metric", "worker", "naive", "worker/naive"), *level_rows(w, n)]
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
         lines.append(f"== {result['level']} concurrent sessions ({w['audio_s']:.0f} audio-s) ==")
@@ -115,14 +134,16 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, cpus: int) -
                 "  ".join([row[0].ljust(widths[0]), *(c.rjust(wd) for c, wd in zip(row[1:], widths[1:], strict=True))])
             )
         lines.append(f"worker: {'served' if served(w) else 'NOT served'}; {saturation(w)}")
-        for peer in result["peers"]:
-            for m in peer["mismatches"][:3]:
+        for peer in (w, n):
+            for m in [] if peer is None else peer["mismatches"][:3]:
                 lines.append(f"  {peer['peer']} {m['session_id']}: expected {m['expected']!r}, got {m['got']!r}")
         if n is not None:
             lines.append(f"naive:  {saturation(n)}")
+        if f is not None:
+            lines.append(floor_line(f, w, n))
         lines.append("")
-    lines.append(f"memory slope, worker (RSS beyond buffered audio): {memory_slope(results, 0)}")
-    lines.append(f"memory slope, naive (RSS): {memory_slope(results, 1)}")
+    lines.append(f"memory slope, worker (RSS beyond buffered audio): {memory_slope(results, 'worker')}")
+    lines.append(f"memory slope, naive (RSS): {memory_slope(results, 'naive')}")
     top = [r for r in results if served(r["peers"][0])]
     if top:
         lines.append(f"highest level the worker served: {top[-1]['level']}")

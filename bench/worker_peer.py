@@ -24,6 +24,7 @@ HISTOGRAMS = {
     "event_to_ack_s": "stt_event_to_ack_seconds",
     "event_to_commit_s": "stt_event_to_commit_seconds",
     "close_to_final_s": "stt_close_to_final_seconds",
+    "transaction_s": "stt_transaction_seconds",
 }
 
 

@@ -62,6 +62,12 @@ CLOSE_TO_FINAL_S = Histogram(
     buckets=_S_BUCKETS,
     registry=REGISTRY,
 )
+TRANSACTION_S = Histogram(
+    "stt_transaction_seconds",
+    "one partition's commit: plan taken → Kafka committed it (its remaining records, checkpoints, offset, end)",
+    buckets=_S_BUCKETS,
+    registry=REGISTRY,
+)
 RECORDS = Counter("stt_input_records_total", "input records consumed", registry=REGISTRY)
 DEAD_LETTERS = Counter("stt_dead_letters_total", "records sent to the dead-letter topic", ["reason"], registry=REGISTRY)
 SESSIONS_ENDED = Counter("stt_sessions_ended_total", "sessions ended", ["status"], registry=REGISTRY)

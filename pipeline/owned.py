@@ -87,6 +87,7 @@ class OwnedPartition:
 
     async def _commit(self, settings: Settings, counters: Counters, letter_bytes: int) -> Outcome:
         plan = self.book.plan()
+        started = time.monotonic()
         try:
             await self.txn.commit(plan)
         except Fenced:
@@ -104,7 +105,7 @@ class OwnedPartition:
             return Outcome.FAILED
         except asyncio.CancelledError:  # settled by what Kafka did, then the cancellation goes on
             if self.txn.committed(plan):
-                self._committed(plan, counters)
+                self._committed(plan, counters, started)
             else:
                 self.book.failed(plan)
                 counters.transaction_failures += 1
@@ -116,12 +117,14 @@ class OwnedPartition:
         finally:
             if self.state.state is not PartitionState.RELEASED:
                 self.state.write_ok(time.monotonic())
-        self._committed(plan, counters)
+        self._committed(plan, counters, started)
         return Outcome.COMMITTED
 
-    def _committed(self, plan: CommitPlan, counters: Counters) -> None:
+    def _committed(self, plan: CommitPlan, counters: Counters, started: float) -> None:
         self.book.committed(plan)
-        counters.transactions += not plan.empty
+        if not plan.empty:
+            counters.transactions += 1
+            metrics.TRANSACTION_S.observe(time.monotonic() - started)
         metrics.observe_committed(plan)
 
     def _stalled(self) -> None:

@@ -61,13 +61,12 @@ class SessionRunner:
         self._wake.set()
 
     def _flush(self) -> None:
-        taken = self.session.take()
-        if taken.outputs:
-            self._emit(taken)
-        self._count()
+        if self.session.has_outputs:
+            self._emit(self.session.take())
 
     def _count(self) -> None:
-        """Export what the session saw since the last call: provider errors, normalizer anomalies."""
+        """Export what the session saw since the last call: provider errors, normalizer anomalies (both
+        change only with what the server sends or a connection's end, so not after every paced frame)."""
         session = self.session
         if session.errors > self._errors_counted and session.last_error is not None:
             metrics.STT_ERRORS.labels(metrics.error_code(session.last_error)).inc(session.errors - self._errors_counted)
@@ -82,6 +81,7 @@ class SessionRunner:
         while not session.ended:
             await self._connection()
             self._flush()
+            self._count()
             if session.ended or not session.needs_reconnect:
                 return
             attempt = session.reconnects + 1
@@ -156,6 +156,7 @@ class SessionRunner:
             async for message in ws:
                 session.on_message(message)
                 self._flush()
+                self._count()
                 if session.ended or session.needs_reconnect:
                     return
         except ConnectionClosed:
@@ -165,4 +166,5 @@ class SessionRunner:
                 rcvd = ws.protocol.close_rcvd
                 session.on_closed(rcvd.code if rcvd else None, rcvd.reason if rcvd else "")
                 self._flush()
+                self._count()
             self._wake.set()

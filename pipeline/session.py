@@ -520,6 +520,11 @@ class Session:
 
     # -- outputs ---------------------------------------------------------------------------------
 
+    @property
+    def has_outputs(self) -> bool:
+        """Whether :meth:`take` would return outputs (cheap: the checkpoint is built only by :meth:`take`)."""
+        return bool(self._outputs)
+
     def take(self) -> Taken:
         """The outputs produced since the last take, with the checkpoint that accounts for exactly them."""
         out, self._outputs = self._outputs, []

@@ -232,6 +232,12 @@ class Settings(BaseSettings):
     fetch_max_wait_ms: int = _setting(
         100, "STT_FETCH_MAX_WAIT_MS", "longest a fetch waits for data (an idle partition's response cadence)", ge=1
     )
+    fetch_min_bytes: int = _setting(
+        1,
+        "STT_FETCH_MIN_BYTES",
+        "a fetch waits for this much data (or STT_FETCH_MAX_WAIT_MS): fewer, larger fetches under load",
+        ge=1,
+    )
     fetch_silence_ms: int = _setting(
         250, "STT_FETCH_SILENCE_MS", "no fetch response this long: the partition counts as not live", ge=1
     )
@@ -249,7 +255,18 @@ class Settings(BaseSettings):
     )
     max_key_bytes: int = _setting(256, "STT_MAX_KEY_BYTES", "longest accepted record key (session id)", ge=1)
     max_header_bytes: int = _setting(1024, "STT_MAX_HEADER_BYTES", "longest accepted record header value", ge=1)
-    producer_linger_ms: int = _setting(2, "STT_PRODUCER_LINGER_MS", "transactional producer linger", ge=0)
+    producer_linger_ms: int = _setting(
+        10,
+        "STT_PRODUCER_LINGER_MS",
+        "transactional producer linger: how long an eager send waits to share a produce request",
+        ge=0,
+    )
+    producer_retry_backoff_ms: int = _setting(
+        20,
+        "STT_PRODUCER_RETRY_BACKOFF_MS",
+        "transactional producer: wait before retrying a request Kafka answered with a retriable error",
+        ge=1,
+    )
     producer_request_timeout_ms: int = _setting(
         15000, "STT_PRODUCER_REQUEST_TIMEOUT_MS", "transactional producer request timeout", ge=1
     )

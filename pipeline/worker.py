@@ -191,11 +191,16 @@ class Worker:
     # -- transactions and guards -----------------------------------------------------------------
 
     async def _commit_loop(self, stop: asyncio.Event) -> None:
+        """A commit every ``commit_interval_ms`` from the start of the previous one (a commit that takes
+        longer is followed by the next at once), so a record waits at most one interval plus a commit."""
+        interval = self.settings.commit_interval_ms / 1000.0
+        due = time.monotonic() + interval
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.settings.commit_interval_ms / 1000.0)
+                await asyncio.wait_for(stop.wait(), max(0.0, due - time.monotonic()))
             if stop.is_set():
                 return
+            due = max(due + interval, time.monotonic())
             self._guards()
             await self.commit()
 

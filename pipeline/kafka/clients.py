@@ -168,6 +168,7 @@ def worker_consumer(settings: Settings) -> AIOKafkaConsumer:
         isolation_level="read_committed",
         session_timeout_ms=settings.session_timeout_ms,
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        fetch_min_bytes=settings.fetch_min_bytes,
         heartbeat_interval_ms=settings.heartbeat_interval_ms,
         rebalance_timeout_ms=settings.rebalance_timeout_ms,
         max_poll_interval_ms=settings.max_poll_interval_ms,

@@ -110,6 +110,7 @@ class PartitionTransactions:
             enable_idempotence=True,
             acks="all",
             linger_ms=settings.producer_linger_ms,
+            retry_backoff_ms=settings.producer_retry_backoff_ms,
             request_timeout_ms=settings.producer_request_timeout_ms,
             max_request_size=settings.max_request_size,
         )

@@ -150,6 +150,7 @@ async def test_readiness_liveness_and_metrics_of_a_known_workload(
         assert value(after, "stt_partition_open_sessions", partition="0") == 0
         assert value(after, "stt_assigned_partitions") == 1
         assert value(after, "stt_transaction_commits_total") >= 1
+        assert delta("stt_transaction_seconds_count") >= 1
         assert value(after, "stt_transaction_fenced_total") == 0
         assert value(after, "process_cpu_seconds_total") > 0
         assert any(n == "python_gc_collections_total" for n, _ in after)

@@ -700,3 +700,17 @@ def test_a_session_truncated_without_end_has_no_end_at() -> None:
     session.truncate("idle_timeout", "no input")
     (final,) = records(session.take().outputs, "transcripts")
     assert final["kind"] == "session" and "end_at" not in final
+
+
+def test_has_outputs_says_whether_take_would_return_any() -> None:
+    session = make()
+    assert session.has_outputs  # session.start
+    assert session.take().outputs and not session.has_outputs
+    assert session.accept(audio(0, b"\1\0" * 8000), 0.0)
+    drive(session, 0.5)
+    assert not session.has_outputs and session.take().outputs == []
+    for message in auto_events({"type": "connected"}, {"type": "turn.start"}):
+        session.on_message(message)
+    assert session.has_outputs
+    assert [r["type"] for r in records(session.take().outputs)] == ["turn.start"]
+    assert not session.has_outputs
