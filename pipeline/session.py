@@ -407,7 +407,7 @@ class Session:
             return
         kind = event.get("type")
         if isinstance(event.get("request_id"), str):
-            self.request_id = self._scrub(event["request_id"])[:MAX_REQUEST_ID_CHARS]
+            self.request_id = self._scrubbed_request_id(event["request_id"])
         if kind == "done":
             self._done_received = True
         ended_turn = False

@@ -714,3 +714,19 @@ def test_has_outputs_says_whether_take_would_return_any() -> None:
     assert session.has_outputs
     assert [r["type"] for r in records(session.take().outputs)] == ["turn.start"]
     assert not session.has_outputs
+
+
+def test_each_request_id_the_provider_sends_is_scrubbed_into_the_records() -> None:
+    scrubbed: list[str] = []
+
+    def scrub(text: str) -> str:
+        scrubbed.append(text)
+        return text.replace("sk-secret", "[redacted]")
+
+    session = Session("s1", S16, first_offset=0, config=SessionConfig(), wall_ms=lambda: 1, scrub=scrub)
+    session.take()
+    session.on_message('{"type":"connected","request_id":"r-sk-secret"}')
+    session.on_message('{"type":"turn.start","request_id":"r-sk-secret"}')
+    session.on_message('{"type":"turn.update","transcript":"Hi","request_id":"r2-sk-secret"}')
+    assert [r["request_id"] for r in records(session.take().outputs)] == ["r-[redacted]", "r2-[redacted]"]
+    assert scrubbed == ["r-sk-secret", "r2-sk-secret"]  # once per distinct id, not once per event
