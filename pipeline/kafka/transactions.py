@@ -31,9 +31,10 @@ Being fenced is final: :class:`Fenced` tells the worker the partition is gone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import (
@@ -97,6 +98,7 @@ class PartitionTransactions:
         self._sent = 0
         self._doomed: BaseException | None = None
         self._last_committed: CommitPlan | None = None
+        self._closed = asyncio.Event()  # stopped for good: the partition was let go
 
     def committed(self, plan: CommitPlan) -> bool:
         """Whether ``plan``'s transaction committed: the answer for a :meth:`commit` that was cancelled."""
@@ -117,7 +119,15 @@ class PartitionTransactions:
         await self._producer.start()
 
     async def stop(self) -> None:
-        """Stop the producer; a transaction still open is lost with it (never committed)."""
+        """The partition is let go: stop the producer for good. A transaction still open is lost with it
+        (never committed by this worker; the next owner's producer aborts it). A :meth:`commit` in
+        flight ends at once (:class:`TransactionFailed` unless Kafka had already answered that it
+        committed); later calls write nothing: they never start a producer that would fence the
+        partition's next owner."""
+        self._closed.set()
+        await self._stop_producer()
+
+    async def _stop_producer(self) -> None:
         self._open, self._futures, self._refused, self._sent, self._doomed = False, {}, {}, 0, None
         if self._producer is not None:
             producer, self._producer = self._producer, None
@@ -151,12 +161,13 @@ class PartitionTransactions:
             return
         async with self._lock:
             try:
-                await self._run(plan)
+                await self._unless_stopped(self._run(plan), plan)
             except ProducerFenced as exc:
                 raise Fenced(f"{self.transactional_id} was fenced by a newer owner") from exc
             except TransactionFailed:
                 self.failures += 1
-                await self._recover()
+                if not self._closed.is_set():
+                    await self._recover()
                 raise
             except Exception as exc:
                 self.failures += 1
@@ -165,7 +176,35 @@ class PartitionTransactions:
                 raise TransactionFailed(repr(exc)) from exc
             self.transactions += 1
 
+    async def _unless_stopped(self, run: Coroutine[Any, Any, None], plan: CommitPlan) -> None:
+        """``run``, unless :meth:`stop` comes first: a stopped producer never answers what is awaited of
+        it, so the commit ends then (and its cancellation is final, also while Kafka commits)."""
+        if self._closed.is_set():
+            run.close()
+            raise TransactionFailed(f"{self.transactional_id} was let go")
+        task = asyncio.ensure_future(run)
+        closed = asyncio.ensure_future(self._closed.wait())
+        try:
+            await asyncio.wait({task, closed}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            closed.cancel()
+            task.cancel()  # a commit already asked of Kafka still waits for its answer (see _end)
+            with contextlib.suppress(BaseException):  # the cancellation goes on, whatever the run did
+                await task
+            raise
+        closed.cancel()
+        if task.done():
+            task.result()
+            return
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        if self._last_committed is not plan:
+            raise TransactionFailed(f"{self.transactional_id} was let go during the transaction")
+
     async def _begin(self) -> AIOKafkaProducer:
+        if self._closed.is_set():
+            raise TransactionFailed(f"{self.transactional_id} was let go")
         producer = self._producer
         if producer is None:
             await self.start()
@@ -236,23 +275,29 @@ class PartitionTransactions:
         """Commit the open transaction and wait for Kafka's answer; a cancellation meanwhile is raised
         only once the answer is in (recorded for :meth:`committed`)."""
         ending = asyncio.ensure_future(producer.commit_transaction())
+        closed = asyncio.ensure_future(self._closed.wait())
         interrupted: asyncio.CancelledError | None = None
-        while not ending.done():
+        while not ending.done() and not closed.done():
             try:
-                await asyncio.wait({ending})
+                await asyncio.wait({ending, closed}, return_when=asyncio.FIRST_COMPLETED)
             except asyncio.CancelledError as exc:
                 interrupted = exc
-        if not ending.cancelled() and ending.exception() is None:
+        closed.cancel()
+        if ending.done() and not ending.cancelled() and ending.exception() is None:
             self._last_committed = plan
+        if not ending.done():  # let go meanwhile: the answer will not come to this producer
+            ending.cancel()
         if interrupted is not None:
             raise interrupted
+        if ending.cancelled():
+            raise TransactionFailed(f"{self.transactional_id} was let go while Kafka committed")
         ending.result()
 
     async def _recover(self) -> None:
         """Replace the producer: a fresh one re-initializes the transactional id (and fences nothing else)."""
-        await self.stop()
+        await self._stop_producer()
         try:
             await self.start()
         except Exception as exc:
             log.warning("restarting producer %s failed (%r)", self.transactional_id, exc)
-            await self.stop()
+            await self._stop_producer()

@@ -17,6 +17,7 @@ import json
 import os
 import random
 import re
+import subprocess
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -197,14 +198,20 @@ async def workers(
             await asyncio.sleep(0.2)
 
     sampler = asyncio.create_task(sample())
+    stuck: list[str] = []
     try:
         yield procs
     finally:
         sampler_stop.set()
         await sampler
-        for proc in procs.values():
+        for name, proc in procs.items():  # every one of them, even when one does not exit on SIGTERM
             if proc.alive:
-                proc.terminate()
+                try:
+                    proc.terminate()
+                except subprocess.TimeoutExpired:
+                    stuck.append(name)
+                    proc.kill()
+    assert not stuck, f"worker(s) {stuck} did not exit on SIGTERM (killed)"
 
 
 @dataclass

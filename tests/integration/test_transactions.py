@@ -108,6 +108,58 @@ async def test_an_interrupted_commit_settles_its_records_by_what_kafka_did(kafka
         await txn.stop()
 
 
+async def test_a_partition_let_go_mid_commit_ends_that_commit_and_never_writes_again(kafka_bootstrap: str) -> None:
+    """The worker lets a partition go (revoked for good, or fenced) with ``stop()`` while its commit loop
+    may be committing it. Wherever that lands in the transaction, the commit ends (it does not wait
+    for an answer from a producer that is gone), and the stopped transactions never start a producer
+    again: a later commit writes nothing, so it cannot fence the partition's next owner."""
+    tag = uuid.uuid4().hex[:8]
+    topic, inp, sessions = f"out-{tag}", f"in-{tag}", f"ses-{tag}"
+    await topics(kafka_bootstrap, topic, inp, sessions)
+    settings = settings_for(kafka_bootstrap, f"g-{tag}", eager_sends=False)
+    tp = TopicPartition(inp, 0)
+    warm = PartitionTransactions(settings, tp, sessions)
+    await warm.start()
+    took = 0.0  # how long a transaction takes here, warm
+    try:
+        for _ in range(3):
+            book = book_for(inp, sessions)
+            book.add([out(topic, -1)])
+            began = time.monotonic()
+            await warm.commit(book.plan())
+            took = time.monotonic() - began
+    finally:
+        await warm.stop()
+    attempts = 24
+    for n in range(attempts):
+        txn = PartitionTransactions(settings, tp, sessions)
+        await txn.start()
+        book = book_for(inp, sessions)
+        book.add([out(topic, n)])
+        book.consumed(n)
+        task = asyncio.create_task(txn.commit(book.plan()))
+        await asyncio.sleep(1.2 * took * n / attempts)  # from before the first send to Kafka's commit
+        await txn.stop()
+        done, _ = await asyncio.wait({task}, timeout=20)
+        assert done, f"attempt {n}: the commit still waits, {20} s after its partition was let go"
+        with contextlib.suppress(TransactionFailed):
+            task.result()  # committed, or ended without an answer: the next owner settles it
+        book = book_for(inp, sessions)
+        book.add([out(topic, "zombie")])
+        with pytest.raises(TransactionFailed):
+            await txn.commit(book.plan())
+    owner = PartitionTransactions(settings, tp, sessions)
+    await owner.start()
+    try:
+        book = book_for(inp, sessions)
+        book.add([out(topic, "owner")])
+        await owner.commit(book.plan())  # not fenced by any of the stopped ones
+    finally:
+        await owner.stop()
+    values = await committed_values(kafka_bootstrap, topic, 4)
+    assert {"n": "owner"} in values and {"n": "zombie"} not in values
+
+
 async def test_a_record_kafka_refuses_is_named_and_the_others_commit(kafka_bootstrap: str) -> None:
     """A record over the producer's request size would fail every retry of its partition's transaction;
     the transaction names it, and the worker quarantines it so the others go through."""
