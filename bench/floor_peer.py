@@ -14,16 +14,12 @@ it below each level as a share of the naive bridge.
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
-from pathlib import Path
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
 
 from bench import peer
-from pipeline import eventloop
 from pipeline.kafka.clients import kafka_options, worker_consumer
 from pipeline.settings import Settings
 
@@ -73,9 +69,7 @@ async def run(settings: Settings) -> dict[str, Any]:
 
 
 def main() -> None:
-    spec = json.loads(Path(sys.argv[1]).read_text())
-    settings = Settings.load(env={}).replace(**spec["settings"])
-    peer.report(eventloop.run(run(settings), use_uvloop=settings.uvloop))
+    peer.main_with_settings(run)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""What both peer processes share: the line protocol with :mod:`bench.compare`, and memory sampling.
+"""What the peer processes share: the line protocol with :mod:`bench.compare`, memory sampling, and the
+``main`` of the peers that run on the worker's settings (:func:`main_with_settings`).
 
 A peer prints ``ready`` once it consumes its partitions, samples itself every second while it runs,
 stops when its stdin says ``stop`` (or closes), then prints one JSON report.
@@ -9,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench.stats import proc_rss_kib
+from pipeline import eventloop
+from pipeline.settings import Settings
 
 SAMPLE_S = 1.0  # snapshots cost the peer CPU: sample sparingly
 
@@ -61,3 +65,11 @@ async def sample_every(memory: Memory, read: Callable[[], tuple[int, int]], stop
 
 def report(figures: dict[str, Any]) -> None:
     say(json.dumps(figures))
+
+
+def main_with_settings(run: Callable[[Settings], Coroutine[Any, Any, dict[str, Any]]]) -> None:
+    """A peer process built on the worker's settings: read them from the spec file named on the command
+    line (``{"settings": {field: value}}``), run ``run`` on the event loop they choose, report."""
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    settings = Settings.load(env={}).replace(**spec["settings"])
+    report(eventloop.run(run(settings), use_uvloop=settings.uvloop))

@@ -8,14 +8,11 @@ event → acked, event → committed, close → final), its counters and its mem
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
-from pathlib import Path
 from typing import Any
 
 from bench import peer
 from bench.stats import read_histogram
-from pipeline import eventloop, metrics
+from pipeline import metrics
 from pipeline.settings import Settings
 from pipeline.worker import Worker
 
@@ -62,9 +59,7 @@ async def run(settings: Settings) -> dict[str, Any]:
 
 
 def main() -> None:
-    spec = json.loads(Path(sys.argv[1]).read_text())
-    settings = Settings.load(env={}).replace(**spec["settings"])
-    peer.report(eventloop.run(run(settings), use_uvloop=settings.uvloop))
+    peer.main_with_settings(run)
 
 
 if __name__ == "__main__":
