@@ -1,4 +1,5 @@
-"""One bench run: the worker and the naive bridge, level by level, same broker, emulator and load.
+"""One bench run: the worker, the naive bridge and the intake floor, level by level, same broker,
+emulator and load.
 
 ``python -m bench.compare`` (``make bench``). For each level (concurrent sessions) and each peer:
 fresh topics; start the peer (its own process) and wait until it consumes; start the load generator
@@ -276,13 +277,13 @@ async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
                 level = queue.pop(0)
                 sessions = make_sessions(level, args.seconds, args.seed, "s")
                 env["audio_s"] = audio_seconds(sessions, args.encoding, args.sample_rate)
-                pair = []
+                peers = []
                 kinds = ["worker"] if args.worker_only else ["worker", "naive"] + ([] if args.no_floor else ["floor"])
                 for kind in kinds:
                     print(f"level {level}: {kind} ...", file=sys.stderr)
-                    pair.append(await run_peer(kind, args, level, sessions, env))
-                results.append({"level": level, "peers": pair})
-                if args.climb and not queue and served(pair[0]) and level < args.max_level:
+                    peers.append(await run_peer(kind, args, level, sessions, env))
+                results.append({"level": level, "peers": peers})
+                if args.climb and not queue and served(peers[0]) and level < args.max_level:
                     queue.append(min(args.max_level, round(level * 1.5 / 50) * 50))
     finally:
         broker.stop()

@@ -178,7 +178,7 @@ class PartitionTransactions:
 
     async def _unless_stopped(self, run: Coroutine[Any, Any, None], plan: CommitPlan) -> None:
         """``run``, unless :meth:`stop` comes first: a stopped producer never answers what is awaited of
-        it, so the commit ends then (and its cancellation is final, also while Kafka commits)."""
+        it, so the commit ends then, even while Kafka commits (:meth:`_end` stops waiting too)."""
         if self._closed.is_set():
             run.close()
             raise TransactionFailed(f"{self.transactional_id} was let go")
@@ -273,7 +273,8 @@ class PartitionTransactions:
 
     async def _end(self, producer: AIOKafkaProducer, plan: CommitPlan) -> None:
         """Commit the open transaction and wait for Kafka's answer; a cancellation meanwhile is raised
-        only once the answer is in (recorded for :meth:`committed`)."""
+        only once the answer is in (recorded for :meth:`committed`). If the partition is let go
+        (:meth:`stop`) before the answer, it will not come: :class:`TransactionFailed`."""
         ending = asyncio.ensure_future(producer.commit_transaction())
         closed = asyncio.ensure_future(self._closed.wait())
         interrupted: asyncio.CancelledError | None = None
