@@ -16,7 +16,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[asr,analytics,dev,fast]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[asr,analytics,bench,dev,fast]'
 	touch $@
 
 .cache/setup.done: $(VENV)/.installed infra/install-espeak.sh infra/install-chromium.sh infra/kafka/pom.xml
@@ -62,7 +62,7 @@ demo: setup
 
 ## bench: worker benchmark (figures as ratios against a baseline measured in the same run)
 bench: setup
-	$(BIN)/python -m bench.compare --climb
+	$(BIN)/python -m bench.compare --climb --c-floor
 
 clean:
 	-bash infra/kafka/kafka.sh down

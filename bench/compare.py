@@ -1,5 +1,5 @@
-"""One bench run: the worker, the naive bridge and the intake floor, level by level, same broker,
-emulator and load.
+"""One bench run: the worker, the naive bridge and the intake floor (with ``--c-floor``, also on
+librdkafka), level by level, same broker, emulator and load.
 
 ``python -m bench.compare`` (``make bench``). For each level (concurrent sessions) and each peer:
 fresh topics; start the peer (its own process) and wait until it consumes; start the load generator
@@ -35,6 +35,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench import procs
+from bench import profile as profiling
 from bench.report import render, served
 from bench.scripts import SessionSpec, make_sessions
 from bench.stats import Histogram, from_histogram, proc_cpu_s
@@ -43,6 +44,14 @@ from pipeline.emulator.engines.tones import synthesize
 from tests.support.kafka import KafkaBroker
 
 log = logging.getLogger("bench")
+
+PEERS = {
+    "worker": "bench.worker_peer",
+    "naive": "bench.naive_bridge",
+    "floor": "bench.floor_peer",
+    "floor-c": "bench.floor_c_peer",
+}
+FLOORS = {"floor", "floor-c"}  # consume only: no STT, empty finals
 
 
 async def create_topics(bootstrap: str, names: Sequence[str], partitions: int) -> None:
@@ -137,7 +146,7 @@ async def run_peer(
     spec = peer_spec(kind, args, bootstrap, base_url, tag, level)
     audio_topic, transcripts = f"bench-audio-{tag}", f"bench-transcripts-{tag}"
     await create_topics(bootstrap, [audio_topic, transcripts, f"bench-turns-{tag}"], args.partitions)
-    module = {"worker": "bench.worker_peer", "naive": "bench.naive_bridge", "floor": "bench.floor_peer"}[kind]
+    module = PEERS[kind]
     peer = procs.Child(module, spec, workdir, f"{tag}-peer")
     loads = [
         procs.Child(
@@ -157,13 +166,14 @@ async def run_peer(
         for i in range(min(args.loaders, level))
     ]
     finals = Finals(bootstrap, transcripts)
+    profiled: dict[str, float] = {}
     emulator_before = len(procs.http_json(f"{base_url}/_emulator/stats")["sessions"])
     pids = {"peer": None, "emulator": env["emulator_pid"], "kafka": env["kafka_pid"]}
     try:
         await peer.start()
         await peer.expect("ready", 120)
         pids["peer"] = peer.pid
-        spy = await profile(args, peer.pid, tag)
+        spy = await profile(args, peer.pid, profile_path(args, tag))
         finals.start()
         for load in loads:
             await load.start()
@@ -181,6 +191,7 @@ async def run_peer(
         report = await peer.stop_and_report()
         if spy is not None:
             await spy.wait()
+            profiled = profiling.read(profile_path(args, tag))
     finally:
         await finals.stop()
         for child in (peer, *loads):
@@ -214,18 +225,24 @@ async def run_peer(
             "errors": sum(len(s["errors"]) for s in emu),
         },
         "report": normalise(kind, report),
+        "profile": profiled,
     }
 
 
-async def profile(args: argparse.Namespace, pid: int | None, tag: str) -> asyncio.subprocess.Process | None:
-    """``--profile DIR``: py-spy samples the peer for the length of the sessions (raw folded stacks)."""
+def profile_path(args: argparse.Namespace, tag: str) -> Path:
+    return Path(args.profile or ".") / f"{tag}.txt"
+
+
+async def profile(args: argparse.Namespace, pid: int | None, path: Path) -> asyncio.subprocess.Process | None:
+    """``--profile DIR``: py-spy samples the peer for the length of the sessions (raw folded stacks),
+    summed by component in the report (:mod:`bench.profile`)."""
     if not args.profile or pid is None:
         return None
     os.makedirs(args.profile, exist_ok=True)
     return await asyncio.create_subprocess_exec(
         str(Path(sys.executable).parent / "py-spy"),
         "record", "-r", "100", "-f", "raw", "-d", str(int(args.seconds)), "-p", str(pid),
-        "-o", str(Path(args.profile) / f"{tag}.txt"),
+        "-o", str(path),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
@@ -233,7 +250,7 @@ async def profile(args: argparse.Namespace, pid: int | None, tag: str) -> asynci
 
 def normalise(kind: str, report: dict[str, Any]) -> dict[str, Any]:
     """The peers' reports in the same terms (ms quantiles)."""
-    if kind == "floor":
+    if kind in FLOORS:
         return {"memory": report["memory"], "records": report["records"], "ended": report["ended"]}
     if kind == "naive":
         return {
@@ -278,7 +295,7 @@ async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
                 sessions = make_sessions(level, args.seconds, args.seed, "s")
                 env["audio_s"] = audio_seconds(sessions, args.encoding, args.sample_rate)
                 peers = []
-                kinds = ["worker"] if args.worker_only else ["worker", "naive"] + ([] if args.no_floor else ["floor"])
+                kinds = peer_kinds(args)
                 for kind in kinds:
                     print(f"level {level}: {kind} ...", file=sys.stderr)
                     peers.append(await run_peer(kind, args, level, sessions, env))
@@ -289,6 +306,14 @@ async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
         broker.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     return results
+
+
+def peer_kinds(args: argparse.Namespace) -> list[str]:
+    """The peers a level runs, the worker first."""
+    kinds = ["worker"]
+    if not args.worker_only:
+        kinds += ["naive"] + ([] if args.no_floor else ["floor"])
+    return kinds + (["floor-c"] if args.c_floor else [])
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -307,6 +332,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--worker-only", action="store_true", help="skip the naive bridge")
     parser.add_argument(
         "--no-floor", action="store_true", help="skip the intake floor peer (consume only, bench/floor_peer.py)"
+    )
+    parser.add_argument(
+        "--c-floor", action="store_true", help="also the intake floor on librdkafka (bench/floor_c_peer.py)"
     )
     parser.add_argument("--no-uvloop", action="store_true", help="worker on the standard asyncio loop")
     parser.add_argument("--no-eager", action="store_true", help="worker sends outputs at commit time only")

@@ -7,6 +7,7 @@ import argparse
 import math
 from typing import Any
 
+from bench.profile import COMPONENTS
 from bench.stats import exact
 
 DRIFT_P99_MS = 10.0  # pacing target at the highest level served
@@ -89,16 +90,50 @@ def peer_of(result: dict[str, Any], kind: str) -> dict[str, Any] | None:
     return next((p for p in result["peers"] if p["peer"] == kind), None)
 
 
+FLOOR_LABELS = {"floor": "intake floor (consume only)", "floor-c": "intake floor on librdkafka (consume only)"}
+
+
 def floor_line(f: dict[str, Any], w: dict[str, Any], n: dict[str, Any] | None) -> str:
-    """The intake floor (consume only) against the naive bridge and the worker."""
+    """An intake floor (consume only) against the naive bridge and the worker."""
     floor, worker = cpu_ms_per_audio_s(f), cpu_ms_per_audio_s(w)
     naive = cpu_ms_per_audio_s(n) if n else None
-    parts = [f"intake floor (consume only): {fmt(floor, 2)} CPU-ms per audio-s"]
+    parts = [f"{FLOOR_LABELS[f['peer']]}: {fmt(floor, 2)} CPU-ms per audio-s"]
     if floor is not None and naive:
         parts.append(f"{floor / naive:.2f}x naive")
     if floor is not None and worker:
         parts.append(f"{floor / worker:.2f}x worker")
     return "; ".join(parts)
+
+
+def profile_lines(peers: list[dict[str, Any]]) -> list[str]:
+    """``--profile``: each peer's CPU per audio-second split by component (py-spy shares times the
+    peer's figure), so the floor a component sets is read in the same unit as the table."""
+    profiled = [(p["peer"], p.get("profile") or {}, cpu_ms_per_audio_s(p)) for p in peers]
+    profiled = [(kind, shares, cpu) for kind, shares, cpu in profiled if shares and cpu is not None]
+    if not profiled:
+        return []
+    rows: list[tuple[str, ...]] = [("profile: CPU-ms per audio-s (share)", *(kind for kind, _, _ in profiled))]
+    for name in COMPONENTS:
+        if any(name in shares for _, shares, _ in profiled):
+            rows.append(
+                (
+                    name,
+                    *(
+                        f"{shares.get(name, 0) * cpu:.2f} ({shares.get(name, 0) * 100:.0f}%)"
+                        for _, shares, cpu in profiled
+                    ),
+                )
+            )
+    return columns(rows)
+
+
+def columns(rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows as aligned text: the first column left-aligned, the others right-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True))])
+        for row in rows
+    ]
 
 
 def memory_slope(results: list[dict[str, Any]], kind: str) -> str:
@@ -125,22 +160,21 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, cpus: int) -
     ]
     for result in results:
         w = result["peers"][0]
-        n, f = peer_of(result, "naive"), peer_of(result, "floor")
-        rows = [("metric", "worker", "naive", "worker/naive"), *level_rows(w, n)]
-        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        n = peer_of(result, "naive")
+        rows: list[tuple[str, ...]] = [("metric", "worker", "naive", "worker/naive"), *level_rows(w, n)]
         lines.append(f"== {result['level']} concurrent sessions ({w['audio_s']:.0f} audio-s) ==")
-        for row in rows:
-            lines.append(
-                "  ".join([row[0].ljust(widths[0]), *(c.rjust(wd) for c, wd in zip(row[1:], widths[1:], strict=True))])
-            )
+        lines.extend(columns(rows))
         lines.append(f"worker: {'served' if served(w) else 'NOT served'}; {saturation(w)}")
         for peer in (w, n):
             for m in [] if peer is None else peer["mismatches"][:3]:
                 lines.append(f"  {peer['peer']} {m['session_id']}: expected {m['expected']!r}, got {m['got']!r}")
         if n is not None:
             lines.append(f"naive:  {saturation(n)}")
-        if f is not None:
-            lines.append(floor_line(f, w, n))
+        for kind in FLOOR_LABELS:
+            f = peer_of(result, kind)
+            if f is not None:
+                lines.append(floor_line(f, w, n))
+        lines.extend(profile_lines(result["peers"]))
         lines.append("")
     lines.append(f"memory slope, worker (RSS beyond buffered audio): {memory_slope(results, 'worker')}")
     lines.append(f"memory slope, naive (RSS): {memory_slope(results, 'naive')}")

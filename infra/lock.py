@@ -1,5 +1,6 @@
-"""Write ``constraints.txt``: exact pins of every distribution that ``stt-pipeline[asr,analytics,dev,fast]`` needs,
-as installed in the running environment (the lock that ``make setup`` installs with ``-c``).
+"""Write ``constraints.txt``: exact pins of every distribution that
+``stt-pipeline[asr,analytics,bench,dev,fast]`` needs, as installed in the running environment (the
+lock that ``make setup`` installs with ``-c``).
 
 Run it after changing a range in ``pyproject.toml`` and installing: ``.venv/bin/python infra/lock.py``.
 It walks the installed metadata from the project's requirements (markers evaluated for this interpreter),
@@ -17,7 +18,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 PROJECT = "stt-pipeline"
-EXTRAS = ("asr", "analytics", "dev", "fast")
+EXTRAS = ("asr", "analytics", "bench", "dev", "fast")
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "constraints.txt"
 

@@ -133,6 +133,10 @@ class Pacer:
             raise RuntimeError("push() after finish()")
         if not data:
             return
+        if not self._partial and len(data) == self._frame_bytes:  # the usual chunk: one whole frame
+            self._frames.append(bytes(data))
+            self._queued_bytes += len(data)
+            return
         buf = self._partial + data
         whole = len(buf) - len(buf) % self._frame_bytes
         view = memoryview(buf)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from bench.report import floor_line, memory_slope, render
+from bench.profile import KAFKA, PIPELINE
+from bench.report import floor_line, memory_slope, profile_lines, render
 
 
 def peer(kind: str, cpu_s: float, sessions: int = 10, rss_kib: int = 50_000) -> dict[str, Any]:
@@ -65,3 +66,18 @@ def test_a_run_with_all_three_peers_renders_ratios_and_the_floor() -> None:
 def test_a_worker_only_run_renders_without_the_other_peers() -> None:
     text = render([{"level": 10, "peers": [peer("worker", 0.3)]}], ARGS, 2)
     assert "intake floor" not in text and "memory slope, naive (RSS): -" in text
+
+
+def test_a_profiled_run_splits_each_peers_cpu_by_component() -> None:
+    worker, floor = peer("worker", 0.4), peer("floor", 0.1)
+    worker["profile"] = {KAFKA: 0.25, PIPELINE: 0.75}
+    floor["profile"] = {KAFKA: 1.0}
+    lines = profile_lines([worker, peer("naive", 0.2), floor])  # the naive peer was not profiled
+    assert lines[0].split() == ["profile:", "CPU-ms", "per", "audio-s", "(share)", "worker", "floor"]
+    assert lines[1].split()[-4:] == ["1.00", "(25%)", "1.00", "(100%)"]  # Kafka client: 4 ms x 25%, 1 ms x 100%
+    assert lines[2].split()[-4:] == ["3.00", "(75%)", "0.00", "(0%)"]
+    assert len(lines) == 3
+
+
+def test_an_unprofiled_run_has_no_profile_lines() -> None:
+    assert profile_lines([peer("worker", 0.4)]) == []
