@@ -52,6 +52,10 @@ PEERS = {
     "floor-c": "bench.floor_c_peer",
 }
 FLOORS = {"floor", "floor-c"}  # consume only: no STT, empty finals
+# The broker is shared by every peer and must not be what differs between them: with C2 (the JVM's
+# default) a fresh broker spends 25-55% of a core compiling for well over a minute of load, on a box
+# where every core is measured. C1 alone compiles in seconds and then stays out of the way.
+BROKER_JVM_OPTS = "-XX:TieredStopAtLevel=1"
 
 
 async def create_topics(bootstrap: str, names: Sequence[str], partitions: int) -> None:
@@ -274,10 +278,25 @@ def normalise(kind: str, report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def warm_up(args: argparse.Namespace, env: dict[str, Any]) -> None:
+    """Run the worker (and the naive bridge, if it runs) once at ``--warmup-level`` for ``--warmup-s``,
+    unmeasured: a fresh broker compiles its hot paths and loads its classes under the first load it
+    sees (measured cold, with C2, the broker took ~90% of a core during the worker's first level and
+    ~35% during the naive bridge's right after), and the emulator and the topics' first use settle."""
+    if args.warmup_s <= 0 or args.warmup_level <= 0:
+        return
+    quick = argparse.Namespace(**{**vars(args), "seconds": args.warmup_s, "profile": None})
+    sessions = make_sessions(args.warmup_level, args.warmup_s, args.seed + 1, "w")
+    env["audio_s"] = audio_seconds(sessions, args.encoding, args.sample_rate)
+    for kind in [k for k in peer_kinds(args) if k in ("worker", "naive")]:
+        print(f"warm-up ({args.warmup_level} sessions, {args.warmup_s:g} s): {kind} ...", file=sys.stderr)
+        await run_peer(kind, quick, args.warmup_level, sessions, env)
+
+
 async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     levels = [int(x) for x in args.levels.split(",") if x.strip()]
     workdir = Path(tempfile.mkdtemp(prefix="stt-bench-"))
-    broker = KafkaBroker().start()
+    broker = KafkaBroker(jvm_opts=args.broker_jvm_opts).start()
     results: list[dict[str, Any]] = []
     try:
         print(f"kafka at {broker.bootstrap}", file=sys.stderr)
@@ -289,6 +308,7 @@ async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "emulator_pid": emulator.pid,
                 "kafka_pid": procs.broker_pid(broker),
             }
+            await warm_up(args, env)
             queue = list(levels)
             while queue:
                 level = queue.pop(0)
@@ -327,6 +347,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--chunk-ms", type=float, default=100.0)
     parser.add_argument("--stagger-ms", type=float, default=10.0, help="between session starts (default 10)")
     parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument(
+        "--warmup-s", type=float, default=10.0, help="unmeasured warm-up run's audio per session (0: none)"
+    )
+    parser.add_argument(
+        "--broker-jvm-opts",
+        default=BROKER_JVM_OPTS,
+        help=f"the bench broker's JVM flags (default {BROKER_JVM_OPTS!r}; '' for the JVM's defaults)",
+    )
+    parser.add_argument("--warmup-level", type=int, default=100, help="warm-up run's sessions (default 100)")
     parser.add_argument("--loaders", type=int, default=2, help="load generator processes (default 2)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--worker-only", action="store_true", help="skip the naive bridge")

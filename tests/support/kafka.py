@@ -81,9 +81,11 @@ class KafkaBroker:
         start_timeout_s: int = 120,
         security: str = "plaintext",
         topic_partitions: int = 2,
+        jvm_opts: str | None = None,
     ) -> None:
         """``security``: plaintext, sasl_ssl or ssl (kafka.sh ``KAFKA_SECURITY``); a secured broker creates the
-        worker's default topics with ``topic_partitions`` and writes ``client.env`` (see :meth:`client_env`)."""
+        worker's default topics with ``topic_partitions`` and writes ``client.env`` (see :meth:`client_env`).
+        ``jvm_opts``: extra JVM flags (kafka.sh ``KAFKA_JVM_OPTS``; None: the environment's)."""
         if port is None or controller_port is None:
             p, c = free_ports(2)
             port = port if port is not None else p
@@ -95,6 +97,7 @@ class KafkaBroker:
         self.start_timeout_s = start_timeout_s
         self.security = security
         self.topic_partitions = topic_partitions
+        self.jvm_opts = jvm_opts
         self.managed = True
         self.last_start_seconds: float | None = None
         self._running = False
@@ -147,6 +150,8 @@ class KafkaBroker:
             KAFKA_SECURITY=self.security,
             STT_TOPIC_PARTITIONS=str(self.topic_partitions),
         )
+        if self.jvm_opts is not None:
+            env["KAFKA_JVM_OPTS"] = self.jvm_opts
         env.update(extra)
         return env
 

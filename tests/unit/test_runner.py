@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import socket
 import time
@@ -157,3 +158,50 @@ async def test_an_unreachable_service_is_retried_until_the_budget_is_spent() -> 
         for output in t.outputs:
             counted[output.topic] += 1
         assert (t.checkpoint.next_seq, t.checkpoint.next_transcript_seq) == (counted["turns"], counted["transcripts"])
+
+
+MANUAL = AudioFormat("pcm_s16le", 16000, endpoint="manual")
+
+
+async def test_input_that_arrives_while_the_writer_waits_goes_out_in_order_commands_included() -> None:
+    """Audio delivered chunk by chunk to a running session (``notify()`` after each): the server gets
+    every byte once and in order, each ``finalize`` right after the audio before it, ``close`` last,
+    also when chunks arrive while a command is still on its way."""
+    received: list[str | bytes] = []
+    closed = asyncio.Event()
+
+    async def record(ws: ServerConnection) -> None:
+        async for message in ws:
+            received.append(message)
+            if message == "close":
+                break
+        closed.set()
+        await ws.send(orjson.dumps({"type": "done", "request_id": "r"}).decode())
+        await ws.close(1000)
+
+    clock = itertools.count(1_700_000_000_000)
+    s = Session("s1", MANUAL, first_offset=0, config=SessionConfig(), wall_ms=lambda: next(clock))
+    chunks = [bytes([i, 0]) * 800 for i in range(1, 9)]  # 50 ms each, every one different
+    plan: list[tuple[str, bytes]] = [("audio", chunks[0]), ("audio", chunks[1]), ("finalize", b"")]
+    plan += [("audio", c) for c in chunks[2:5]] + [("finalize", b""), ("audio", chunks[5])]
+    plan += [("finalize", b"")] + [("audio", c) for c in chunks[6:]] + [("end", b"")]
+    async with server(iter([record])) as url:
+        runner = SessionRunner(
+            s, connect=lambda: connect(url, open_timeout=5), emit=lambda taken: None, input_live=lambda: True
+        )
+        task = asyncio.create_task(runner.run())
+        for seq, (kind, data) in enumerate(plan):
+            s.accept(InputMessage("s1", kind, seq, data, MANUAL if kind == "audio" else None), time.monotonic())  # type: ignore[arg-type]
+            runner.notify()
+            if seq % 3 == 0:
+                await asyncio.sleep(0.02)  # the writer parks between some chunks, not between others
+        await asyncio.wait_for(closed.wait(), 10)
+        await asyncio.wait_for(task, 10)
+    audio = b"".join(m for m in received if isinstance(m, bytes))
+    assert audio == b"".join(chunks)
+    commands = [(i, m) for i, m in enumerate(received) if isinstance(m, str)]
+    assert [m for _, m in commands] == ["finalize", "finalize", "finalize", "close"]
+    sent_before = [sum(len(m) for m in received[:i] if isinstance(m, bytes)) for i, _ in commands]
+    assert sent_before == [1600 * 2, 1600 * 5, 1600 * 6, 1600 * 8]
+    assert received[-1] == "close"
+
