@@ -177,7 +177,7 @@ async def run_peer(
         await peer.start()
         await peer.expect("ready", 120)
         pids["peer"] = peer.pid
-        spy = await profile(args, peer.pid, profile_path(args, tag))
+        spy = await profile(args, peer.pid if kind != "floor-c" else None, profile_path(args, tag))
         finals.start()
         for load in loads:
             await load.start()
@@ -239,7 +239,8 @@ def profile_path(args: argparse.Namespace, tag: str) -> Path:
 
 async def profile(args: argparse.Namespace, pid: int | None, path: Path) -> asyncio.subprocess.Process | None:
     """``--profile DIR``: py-spy samples the peer for the length of the sessions (raw folded stacks),
-    summed by component in the report (:mod:`bench.profile`)."""
+    summed by component in the report (:mod:`bench.profile`). Not the librdkafka floor: py-spy sees
+    Python threads only, and that peer's Kafka work runs in librdkafka's native threads."""
     if not args.profile or pid is None:
         return None
     os.makedirs(args.profile, exist_ok=True)
@@ -272,6 +273,8 @@ def normalise(kind: str, report: dict[str, Any]) -> dict[str, Any]:
         "ack_ms": from_histogram(h["event_to_ack_s"], 1000.0, first_lower=0.0),
         "commit_ms": from_histogram(h["event_to_commit_s"], 1000.0, first_lower=0.0),
         "transaction_ms": from_histogram(h["transaction_s"], 1000.0, first_lower=0.0),
+        "gc_pause_ms": from_histogram(h["gc_pause_s"], 1000.0, first_lower=0.0),
+        "gc_pauses_over_50ms": h["gc_pause_s"].count - h["gc_pause_s"].counts[h["gc_pause_s"].bounds.index(0.05)],
         "memory": report["memory"],
         "counters": report["counters"],
         "silence_fill_s": report["silence_fill_s"],

@@ -69,6 +69,7 @@ def level_rows(w: dict[str, Any], n: dict[str, Any] | None) -> list[tuple[str, s
         ("event → acked p50 / p99 (ms): read_uncommitted", *text(lambda r: pair(r["report"]["ack_ms"], 1))),
         ("event → committed p50 / p99 (ms): read_committed", *text(lambda r: pair(r["report"]["commit_ms"], 1))),
         ("partition commit p50 / p99 (ms)", *text(lambda r: pair(r["report"].get("transaction_ms", {}), 1))),
+        ("GC pause p99 (ms) / pauses > 50 ms", *text(gc_pauses)),
         ("end → final visible p50 / p99 (ms)", *text(lambda r: pair(exact(r["end_to_final_ms"])))),
         ("finals exact", *text(lambda r: f"{r['exact']}/{r['sessions']}")),
         ("silence fill sent (s)", *text(lambda r: fmt(r["report"].get("silence_fill_s"), 1))),
@@ -84,6 +85,14 @@ def level_rows(w: dict[str, Any], n: dict[str, Any] | None) -> list[tuple[str, s
             ),
         ),
     ]
+
+
+def gc_pauses(r: dict[str, Any]) -> str:
+    """The worker's ``stt_gc_pause_seconds``: the whole process stops for each one."""
+    report = r["report"]
+    if "gc_pause_ms" not in report:
+        return "-"
+    return f"{fmt(report['gc_pause_ms'].get('p99'), 1)} / {report['gc_pauses_over_50ms']:.0f}"
 
 
 def peer_of(result: dict[str, Any], kind: str) -> dict[str, Any] | None:

@@ -60,6 +60,7 @@ class Histogram:
 
 
 def read_histogram(registry: CollectorRegistry, name: str) -> Histogram:
+    """A histogram from the registry, summed over its label sets (e.g. every GC generation)."""
     buckets: dict[float, float] = {}
     count = total = 0.0
     for family in registry.collect():
@@ -67,11 +68,12 @@ def read_histogram(registry: CollectorRegistry, name: str) -> Histogram:
             continue
         for sample in family.samples:
             if sample.name == f"{name}_bucket":
-                buckets[float(sample.labels["le"])] = sample.value
+                le = float(sample.labels["le"])
+                buckets[le] = buckets.get(le, 0.0) + sample.value
             elif sample.name == f"{name}_count":
-                count = sample.value
+                count += sample.value
             elif sample.name == f"{name}_sum":
-                total = sample.value
+                total += sample.value
     if not buckets:
         raise KeyError(f"histogram {name} not in the registry")
     bounds = sorted(buckets)

@@ -22,6 +22,7 @@ HISTOGRAMS = {
     "event_to_commit_s": "stt_event_to_commit_seconds",
     "close_to_final_s": "stt_close_to_final_seconds",
     "transaction_s": "stt_transaction_seconds",
+    "gc_pause_s": "stt_gc_pause_seconds",
 }
 
 

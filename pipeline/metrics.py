@@ -38,6 +38,15 @@ GCCollector(registry=REGISTRY)
 _DRIFT_BUCKETS = (-0.3, -0.2, -0.1, -0.05, -0.02, -0.01, 0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2)
 _S_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
+GC_PAUSE_S = Histogram(
+    "stt_gc_pause_seconds",
+    "cyclic garbage collections, by generation: the whole process (every session's pacing) stops meanwhile",
+    ["generation"],
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1),
+    registry=REGISTRY,
+)
+for _generation in ("0", "1", "2"):
+    GC_PAUSE_S.labels(_generation)  # every generation exported from the start, at zero
 PACING_DRIFT_S = Histogram(
     "stt_pacing_drift_seconds",
     "send time minus the frame's due time on the absolute audio clock (negative: sent ahead, within the lead)",

@@ -23,6 +23,7 @@ from dataclasses import replace
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from pipeline import gcpauses
 from pipeline.assignment import Assignment, Listener
 from pipeline.intake import Intake
 from pipeline.kafka.clients import worker_consumer
@@ -118,6 +119,8 @@ class Worker:
         self._consumer = self._assignment.consumer = consumer
         consumer.subscribe([settings.audio_topic], listener=Listener(self._assignment))
         await consumer.start()
+        gcpauses.settle()
+        gcpauses.observe()
         self._running = True
         log.info("worker started: %r", settings)
         committer = asyncio.create_task(self._commit_loop(stop), name="committer")
