@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline import gcpauses
 from pipeline.assignment import Assignment, Listener
+from pipeline.cadence import CommitCadence
 from pipeline.intake import Intake
 from pipeline.kafka.clients import worker_consumer
 from pipeline.kafka.fetch import CorruptRecord, fetch
@@ -194,18 +195,37 @@ class Worker:
     # -- transactions and guards -----------------------------------------------------------------
 
     async def _commit_loop(self, stop: asyncio.Event) -> None:
-        """A commit every ``commit_interval_ms`` from the start of the previous one (a commit that takes
-        longer is followed by the next at once), so a record waits at most one interval plus a commit."""
+        """Each owned partition commits once every ``commit_interval_ms``, the partitions spread over the
+        interval (:class:`~pipeline.cadence.CommitCadence`); a commit that takes longer is followed by
+        the next at once, so a record waits at most one interval plus a commit. The guards run once per
+        interval. On ``stop``, the commits running finish (never cancelled) and the loop returns."""
         interval = self.settings.commit_interval_ms / 1000.0
-        due = time.monotonic() + interval
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), max(0.0, due - time.monotonic()))
-            if stop.is_set():
-                return
-            due = max(due + interval, time.monotonic())
-            self._guards()
-            await self.commit()
+        cadence = CommitCadence(interval)
+        running: dict[int, asyncio.Task[bool]] = {}
+        stopped = asyncio.ensure_future(stop.wait())
+        guard_at = time.monotonic() + interval
+        try:
+            while not stop.is_set():
+                now = time.monotonic()
+                if now >= guard_at:
+                    guard_at = max(guard_at + interval, now)
+                    self._guards()
+                owned = {p: o for p, o in self._parts.items() if o.state.owned}
+                for partition in cadence.due(now, owned, running):
+                    running[partition] = asyncio.create_task(
+                        self._assignment.commit(owned[partition]), name=f"commit:{partition}"
+                    )
+                wake = min(cadence.next_wake(now, running), guard_at)
+                await asyncio.wait(
+                    {stopped, *running.values()}, timeout=max(0.0, wake - now), return_when=asyncio.FIRST_COMPLETED
+                )
+                for partition, task in list(running.items()):
+                    if task.done():
+                        del running[partition]
+                        task.result()  # an unexpected failure ends the loop, and the worker with it
+        finally:
+            stopped.cancel()
+            await asyncio.gather(*running.values(), return_exceptions=True)
 
     async def commit(self) -> None:
         """Commit every owned partition now, concurrently (each has its own transactional producer)."""
