@@ -73,8 +73,7 @@ def test_every_owned_partition_commits_once_per_interval(first: set[int], second
     starts = run(cadence, first, 0.0, change_at)
     later = run(cadence, second, change_at, change_at + 2.0)
     for partition, times in later.items():
-        kept = starts.get(partition, []) if partition in first else []
-        every = kept + times
+        every = starts.get(partition, []) + times  # starts: the partitions of the first assignment
         gaps = [b - a for a, b in itertools.pairwise(every)]
         assert all(INTERVAL - 1e-9 <= g <= INTERVAL + 1e-9 for g in gaps), (partition, every)
         known_since = 0.0 if partition in first else change_at
